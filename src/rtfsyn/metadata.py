@@ -389,7 +389,8 @@ class Metadata(BaseModel):
         Times are returned in **ms**, the other fields in their stored units.
         """
         vox = self.voxel_size or (None, None, None)
-        ms = (lambda v: None if v is None else v * 1000.0)
+        def ms(v):
+            return (None if v is None else v * 1000.0)
         return {
             "repetition_time": ms(self.repetition_time),
             "echo_time": ms(self.echo_time),

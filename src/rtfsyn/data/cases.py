@@ -1,0 +1,150 @@
+"""The :class:`Case` record every dataset adapter produces, and layout auto-detection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtfsyn.errors import DatasetError
+from rtfsyn.metadata import CONTRASTS, Metadata
+
+__all__ = ["LAYOUTS", "Case", "detect_layout", "load_cases"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One subject (or session) with co-registered contrasts.
+
+    Attributes:
+        subject: subject id, unique within the dataset (``sub-01``, ``BraTS-GLI-00001-000``).
+        images: contrast name (``T1w``, ``T2w``…) → NIfTI path.
+        metadata: contrast name → acquisition :class:`Metadata`.
+        site: acquisition site / center, if known.
+        layout: adapter that produced the case (``bids``, ``brats``, ``ixi``, ``folder``).
+        mask: brain-mask NIfTI, if the dataset has one.
+        labels: tissue / lesion label map, if the dataset has one.
+        info: further subject information (age, sex, …).
+    """
+
+    subject: str
+    images: dict[str, Path]
+    metadata: dict[str, Metadata]
+    site: str | None = None
+    layout: str = ""
+    mask: Path | None = None
+    labels: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def contrasts(self) -> list[str]:
+        """Available contrasts in canonical order."""
+        return [c for c in CONTRASTS if c in self.images]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """All ordered (source, target) pairs of distinct available contrasts."""
+        cs = self.contrasts
+        return [(s, t) for s in cs for t in cs if s != t]
+
+
+LAYOUTS = ("auto", "bids", "brats", "ixi", "folder")
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout of a dataset folder: ``bids``, ``ixi``, ``brats`` or ``mixed``."""
+    from rtfsyn.data import brats, ixi
+
+    if (root / "dataset_description.json").exists() or any(root.glob("sub-*")):
+        return "bids"
+    if any(ixi.parse_ixi_name(p.name) for p in root.rglob("IXI*.nii*")):
+        return "ixi"
+    if brats.find_brats_folders(root) and not _has_other_folders(root):
+        return "brats"
+    return "mixed"
+
+
+def _has_other_folders(root: Path) -> bool:
+    from rtfsyn.data import brats
+
+    brats_dirs = set(brats.find_brats_folders(root))
+    nifti_dirs = {p.parent for p in root.rglob("*.nii*")}
+    return bool(nifti_dirs - brats_dirs)
+
+
+def load_cases(path: str | Path, layout: str = "auto") -> list[Case]:
+    """Read a dataset folder into :class:`Case` records.
+
+    Args:
+        path: dataset root.
+        layout: ``auto`` (detect), ``bids``, ``brats``, ``ixi`` or ``folder`` (one case per
+            folder of NIfTIs whose names contain a contrast, e.g. ``MNI152_T1_1mm.nii.gz``).
+            ``auto`` on a folder mixing layouts reads BraTS, IXI and plain folders together.
+
+    Raises:
+        DatasetError: the folder does not exist or holds no usable case.
+    """
+    from rtfsyn.data import bids, brats, folder, ixi
+
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder: give the dataset root")
+    if layout not in LAYOUTS:
+        raise DatasetError(f"layout {layout!r} is unknown: use one of {', '.join(LAYOUTS)}")
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout == "bids":
+        cases = bids.load_bids(root)
+    elif layout == "brats":
+        cases = brats.load_brats(root)
+    elif layout == "ixi":
+        cases = ixi.load_ixi(root)
+    elif layout == "folder":
+        cases = folder.load_folders(root)
+    else:  # mixed
+        cases = brats.load_brats(root)
+        cases += ixi.load_ixi(root)
+        taken = {p.parent for c in cases for p in c.images.values()}
+        cases += folder.load_folders(root, exclude=taken)
+    if not cases:
+        raise DatasetError(
+            f"no cases found in {root} (layout {layout}): expected BIDS (sub-*/anat/*_T1w.nii.gz),"
+            " BraTS (*-t1n.nii.gz) or IXI (IXI002-Guys-0828-T1.nii.gz) files"
+        )
+    seen: set[str] = set()
+    for case in cases:
+        if case.subject in seen:
+            raise DatasetError(f"subject id {case.subject!r} occurs twice in {root}")
+        seen.add(case.subject)
+    return sorted(cases, key=lambda c: c.subject)
+
+
+def header_voxel_size(path: Path) -> tuple[float, float, float] | None:
+    """Voxel size from a NIfTI header without reading the data (None if unreadable)."""
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        img = nib.load(str(path))
+    except Exception:
+        return None
+    sizes = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(sizes <= 0) or np.any(sizes > 20):
+        return None
+    return tuple(round(float(s), 4) for s in sizes)
+
+
+def strip_nii(name: str) -> str:
+    """File name without ``.nii``/``.nii.gz``."""
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def basic_metadata(contrast: str, path: Path, **extra: Any) -> Metadata:
+    """Metadata with only the contrast, the header voxel size and given extra fields."""
+    fields: dict[str, Any] = {"contrast": contrast, "voxel_size": header_voxel_size(path)}
+    fields.update({k: v for k, v in extra.items() if v is not None})
+    return Metadata._build({k: v for k, v in fields.items() if v is not None})

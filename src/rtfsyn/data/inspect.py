@@ -1,0 +1,130 @@
+"""``rtfsyn inspect``: a table of subjects × contrasts with key metadata and problem flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rtfsyn.data.cases import Case, load_cases
+from rtfsyn.metadata import CONTRASTS, Metadata
+
+__all__ = ["CaseReport", "check_case", "inspect_dataset"]
+
+
+@dataclass
+class CaseReport:
+    """What :func:`check_case` found about one case."""
+
+    case: Case
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.flags
+
+
+def check_case(case: Case, atol_mm: float = 1e-3) -> CaseReport:
+    """Flag unpaired cases (one contrast) and contrasts on a different grid (mis-registered)."""
+    report = CaseReport(case)
+    if len(case.images) < 2:
+        report.flags.append("unpaired (1 contrast)")
+    grids: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}
+    for contrast, path in case.images.items():
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:
+            report.flags.append(f"{contrast} unreadable ({type(exc).__name__})")
+            continue
+        grids[contrast] = (tuple(int(s) for s in img.shape), img.affine)
+    if grids:
+        ref_name = next(iter(grids))
+        ref_shape, ref_aff = grids[ref_name]
+        report.shape = ref_shape
+        report.spacing = tuple(
+            round(float(s), 2) for s in np.sqrt((ref_aff[:3, :3] ** 2).sum(axis=0))
+        )
+        off = [
+            c for c, (shape, aff) in grids.items()
+            if shape[:3] != ref_shape[:3] or not np.allclose(aff, ref_aff, atol=atol_mm)
+        ]
+        if off:
+            report.flags.append(f"different grid from {ref_name}: {', '.join(off)}")
+        if any(len(shape) > 3 and any(s > 1 for s in shape[3:]) for shape, _ in grids.values()):
+            report.flags.append("4-D image")
+    if case.mask is not None and grids:
+        try:
+            mimg = nib.load(str(case.mask))
+            if mimg.shape[:3] != report.shape[:3]:
+                report.flags.append("mask on a different grid")
+        except Exception:
+            report.flags.append("mask unreadable")
+    return report
+
+
+def _meta_cell(meta: Metadata) -> str:
+    parts = []
+    tr = meta.repetition_time
+    te = meta.echo_time
+    if tr is not None or te is not None:
+        parts.append(
+            "/".join("-" if v is None else f"{v * 1000:g}" for v in (tr, te))
+        )
+    if meta.inversion_time is not None:
+        parts.append(f"TI {meta.inversion_time * 1000:g}")
+    return "✓ " + " ".join(parts) if parts else "✓"
+
+
+def _scanner(case: Case) -> str:
+    for meta in case.metadata.values():
+        if meta.field_strength or meta.manufacturer:
+            field_txt = f"{meta.field_strength:g}T " if meta.field_strength else ""
+            return f"{field_txt}{meta.manufacturer or ''}".strip()
+    return "-"
+
+
+def inspect_dataset(
+    path: str | Path, layout: str = "auto", console: Console | None = None
+) -> list[CaseReport]:
+    """Load a dataset, check every case, print a table, and return the reports."""
+    console = console or Console()
+    cases = load_cases(path, layout=layout)
+    reports = [check_case(c) for c in cases]
+    present = [c for c in CONTRASTS if any(c in r.case.images for r in reports)]
+    table = Table(title=f"{path}: {len(cases)} cases", show_lines=False)
+    table.add_column("subject", overflow="fold")
+    table.add_column("layout")
+    table.add_column("site", overflow="fold")
+    table.add_column("scanner")
+    for c in present:
+        table.add_column(f"{c}\nTR/TE ms", justify="center")
+    table.add_column("grid")
+    table.add_column("flags", style="yellow", overflow="fold")
+    for r in reports:
+        c = r.case
+        grid = "-"
+        if r.shape is not None and r.spacing is not None:
+            grid = "×".join(map(str, r.shape[:3])) + " @ " + "×".join(f"{s:g}" for s in r.spacing)
+        table.add_row(
+            c.subject, c.layout, c.site or "-", _scanner(c),
+            *[_meta_cell(c.metadata[k]) if k in c.metadata else "[dim]·[/]" for k in present],
+            grid,
+            "; ".join(r.flags) or "[green]ok[/]",
+        )
+    console.print(table)
+    counts = ", ".join(
+        f"{c}: {sum(c in r.case.images for r in reports)}" for c in present
+    )
+    n_pairs = sum(len(r.case.pairs()) for r in reports if r.ok)
+    n_flagged = sum(not r.ok for r in reports)
+    console.print(
+        f"{len(reports)} cases ({counts}); {n_pairs} ordered training pairs in usable cases; "
+        f"{n_flagged} flagged"
+    )
+    return reports

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rtfsyn import __version__
+from rtfsyn.cli import main
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_version(capsys) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and __version__ in out
+
+
+def test_python_m_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "rtfsyn", "--version"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+def test_error_is_one_line_without_traceback(capsys, tmp_path) -> None:
+    code, _out, err = run_cli(capsys, "inspect", str(tmp_path / "missing"))
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "does not exist" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_debug_shows_traceback(capsys, tmp_path) -> None:
+    from rtfsyn.errors import DatasetError
+
+    with pytest.raises(DatasetError):
+        main(["--debug", "inspect", str(tmp_path / "missing")])
+
+
+def test_inspect_real(capsys, monkeypatch, real_data) -> None:
+    from rich.console import Console
+
+    from rtfsyn import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    code, out, _ = run_cli(capsys, "inspect", str(real_data))
+    assert code == 0
+    for name in ("BraTS-GLI-00001-000", "BraTS-MET-00110-000", "BraTS-case-preprocessed",
+                 "MNI152-template"):
+        assert name in out
+    assert "5 cases (T1w: 5, T1Gd: 3, T2w: 4, FLAIR: 3)" in out
