@@ -6,8 +6,8 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_nifti, oblique_lps_affine
 
+from conftest import make_nifti, oblique_lps_affine
 from rtfsyn import io
 from rtfsyn.errors import InputImageError, RtfsynError
 
