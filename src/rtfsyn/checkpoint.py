@@ -1,0 +1,166 @@
+"""Self-describing checkpoints (nanoGPT style) and resumable training state.
+
+A **checkpoint** is one ``.safetensors`` file: the model weights plus string metadata
+``format``, ``rtfsyn_version``, ``config`` (the model config as JSON), ``step`` and optional
+``info`` (JSON: training data, metrics, card summary). Loading it never unpickles anything.
+
+A **training state** (``*.state.pt``, written beside the checkpoint by the trainer) holds the
+optimizer, scheduler, EMA and RNG states; it contains only tensors and plain Python values
+and is read with ``torch.load(weights_only=True)``.
+
+Both are written atomically (temporary file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rtfsyn import __version__
+from rtfsyn.errors import RtfsynError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "CheckpointInfo",
+    "atomic_write",
+    "load_checkpoint",
+    "load_training_state",
+    "read_checkpoint_info",
+    "save_checkpoint",
+    "save_training_state",
+]
+
+CHECKPOINT_FORMAT = "rtfsyn-checkpoint/1"
+
+
+class CheckpointError(RtfsynError):
+    """A checkpoint file that is missing, corrupt or not an rtfsyn checkpoint."""
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about itself."""
+
+    path: Path
+    config: dict[str, Any]
+    step: int
+    version: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module | dict[str, torch.Tensor],
+    config: dict[str, Any],
+    step: int = 0,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights + config + version + step to one safetensors file, atomically."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    # safetensors refuses shared storage; clone makes every tensor own its memory
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "rtfsyn_version": __version__,
+        "config": json.dumps(config, sort_keys=True),
+        "step": str(int(step)),
+        "info": json.dumps(info or {}, sort_keys=True, default=str),
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Read only the self-description (no weights) of a checkpoint."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})"
+        ) from None
+    return _parse_meta(path, meta)
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """Weights and self-description of a checkpoint (validated)."""
+    info = read_checkpoint_info(path)
+    try:
+        tensors = load_file(str(info.path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{info.path}: weights cannot be read ({str(exc).splitlines()[0]})"
+        ) from None
+    return tensors, info
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write optimizer / scheduler / RNG state (tensors and plain values only), atomically."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a training state with ``weights_only=True`` (no arbitrary unpickling)."""
+    path = _existing(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: training state cannot be read safely ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give the .safetensors checkpoint file")
+    return path
+
+
+def _parse_meta(path: Path, meta: dict[str, str]) -> CheckpointInfo:
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: not an rtfsyn checkpoint (format {meta.get('format')!r}, expected "
+            f"{CHECKPOINT_FORMAT!r})"
+        )
+    try:
+        config = json.loads(meta["config"])
+        step = int(meta.get("step", "0"))
+        info = json.loads(meta.get("info", "{}"))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from None
+    return CheckpointInfo(path=path, config=config, step=step,
+                          version=meta.get("rtfsyn_version", "?"), info=info)
