@@ -63,6 +63,84 @@ def inspect_cmd(
     inspect_dataset(path, layout=layout, console=console)
 
 
+# --------------------------------------------------------------------------- train
+@app.command("train")
+def train_cmd(
+    data: list[Path] = typer.Option(..., "--data", help="Dataset folder (repeatable)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder, e.g. runs/NAME."),
+    config: str = typer.Option(
+        "train-cpu", "--config", "-c", help="Training YAML, or bundled train-cpu / train-gpu."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Override max_steps."),
+    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after M min."),
+    holdout_site: str | None = typer.Option(
+        None, "--holdout-site", help="Leave this site out (zero-shot test)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Override the config seed."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, mps."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Train a synthesis model on one or more datasets (BIDS, BraTS, IXI, phantom)."""
+    from rtfsyn.training import load_train_config
+    from rtfsyn.training.trainer import train
+
+    cfg = load_train_config(config, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+    result = train(data, cfg, out, resume=resume, holdout_site=holdout_site, device=device,
+                   progress=progress, console=err_console)
+    console.print(f"checkpoint: {result.final_checkpoint or result.last_checkpoint}")
+
+
+# --------------------------------------------------------------------------- synthesize
+@app.command("synthesize")
+def synthesize_cmd(
+    input: Path = typer.Option(..., "--input", "-i", help="Source NIfTI, or a folder of them."),
+    target: str | None = typer.Option(
+        None, "--target", "-t", help="Target contrast: T1w, T1Gd, T2w, FLAIR, PDw."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Output .nii.gz (a folder in batch mode)."
+    ),
+    meta_file: Path | None = typer.Option(
+        None, "--meta-file", "-m", help="Target metadata as a BIDS JSON sidecar."
+    ),
+    meta: str | None = typer.Option(
+        None, "--meta", help="Target metadata, e.g. \"TR=3000,TE=90\" (ms)."
+    ),
+    source_meta: str | None = typer.Option(
+        None, "--source-meta", help="Source sidecar JSON or key=value string (default: the "
+        "sidecar beside the input)."
+    ),
+    source_contrast: str | None = typer.Option(
+        None, "--source-contrast", "-s", help="Source contrast if no sidecar says it."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Checkpoint or model name (default: bundled model)."
+    ),
+    mask: Path | None = typer.Option(None, "--mask", help="Brain mask (default: non-zero)."),
+    spacing: float | None = typer.Option(
+        None, "--spacing", help="Output voxel size in mm (default: the input grid)."
+    ),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, mps."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Sliding-window overlap [0, 0.9]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Batch mode: skip inputs whose output exists."
+    ),
+) -> None:
+    """Synthesize a target contrast from a source NIfTI (or every NIfTI in a folder)."""
+    from rtfsyn.synthesis_cli import run_synthesize
+
+    code = run_synthesize(
+        input=input, target=target, output=output, meta_file=meta_file, meta=meta,
+        source_meta=source_meta, source_contrast=source_contrast, model=model, mask=mask,
+        spacing=spacing, device=device, overlap=overlap, overwrite=overwrite,
+        skip_existing=skip_existing, console=console, err_console=err_console,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one-line messages."""

@@ -1,0 +1,111 @@
+"""Training configuration (YAML ↔ pydantic), with bundled presets ``train-cpu`` / ``train-gpu``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rtfsyn.errors import RtfsynError
+
+__all__ = ["TrainConfig", "load_train_config"]
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs besides the data folders.
+
+    ``model`` is a bundled model-config name (``cpu-small``, ``gpu-base``), a YAML path, or
+    an inline dict of :class:`rtfsyn.models.ModelConfig` fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | dict[str, Any] = "cpu-small"
+    spacing: float | None = Field(2.0, description="training voxel size in mm (None: native)")
+    patch_size: int = Field(32, ge=8, le=256)
+    batch_size: int = Field(2, ge=1)
+    max_steps: int = Field(2000, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ssim_weight: float = Field(1.0, ge=0)
+    downscale_prob: float = Field(0.3, ge=0, le=1)
+    max_downscale: float = Field(2.0, ge=1, le=8)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    val_every: int = Field(500, ge=1)
+    val_cases: int = Field(2, ge=0)
+    val_pairs: list[tuple[str, str]] | None = None
+    pairs: list[tuple[str, str]] | None = None
+    samples_per_epoch: int = Field(1024, ge=1)
+    log_every: int = Field(20, ge=1)
+    ckpt_every: int = Field(500, ge=1)
+    image_every: int | None = Field(None, ge=1, description="TensorBoard panels (default: val)")
+    seed: int = 0
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+
+    @field_validator("pairs", "val_pairs", mode="before")
+    @classmethod
+    def _pairs(cls, v: Any) -> Any:
+        from rtfsyn.metadata import normalize_contrast
+
+        if v is None:
+            return None
+        out = []
+        for item in v:
+            if isinstance(item, str):
+                if ":" not in item:
+                    raise ValueError(f"pair {item!r} must look like T1w:T2w")
+                item = item.split(":", 1)
+            out.append(tuple(normalize_contrast(x) for x in item))
+        return out
+
+
+def load_train_config(source: str | Path | dict[str, Any] | None = None,
+                      **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a bundled name, a YAML file or a dict, plus overrides.
+
+    A YAML holding a bare model config (it has an ``arch`` key) is taken as ``model:``.
+    """
+    data: dict[str, Any]
+    if source is None:
+        data = {}
+    elif isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            bundled = CONFIG_DIR / f"{source}.yaml"
+            if not bundled.exists():
+                names = sorted(p.stem for p in CONFIG_DIR.glob("train-*.yaml"))
+                raise RtfsynError(
+                    f"config {source!r} is neither a file nor a bundled config "
+                    f"({', '.join(names)})"
+                )
+            path = bundled
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RtfsynError(
+                f"config {path} is not valid YAML ({str(exc).splitlines()[0]})"
+            ) from None
+        if not isinstance(data, dict):
+            raise RtfsynError(f"config {path} must be a YAML mapping")
+        if "arch" in data:
+            data = {"model": data}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise RtfsynError(
+            f"training config field {loc}={err.get('input')!r} is invalid: {err['msg']}"
+        ) from None
