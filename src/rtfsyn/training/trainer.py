@@ -135,15 +135,19 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
-def _load_all_cases(data: Sequence[str | Path]) -> list[Case]:
+def _load_all_cases(data: Sequence[str | Path]) -> tuple[list[Case], dict[str, str]]:
+    """Cases of all folders (ids made unique) and each id's dataset-independent key."""
+    from rtfsyn.evaluation.runner import case_key
+
     cases: list[Case] = []
+    keys: dict[str, str] = {}
     for folder in data:
         for case in load_cases(folder):
-            # make subject ids unique across datasets
             sid = case.subject if len(data) == 1 else f"{Path(folder).name}/{case.subject}"
+            keys[sid] = case_key(folder, case.subject)
             cases.append(Case(sid, case.images, case.metadata, case.site, case.layout,
                               case.mask, case.labels, case.info))
-    return cases
+    return cases, keys
 
 
 def train(
@@ -201,10 +205,15 @@ def train(
         raise RtfsynError(f"--resume given but {last_ckpt} does not exist")
 
     # ---------------------------------------------------------------- data
-    cases = _load_all_cases(data)
+    cases, keys = _load_all_cases(data)
     train_cases, val_cases, site_cases = split_cases(
         cases, config.val_fraction, holdout_site=holdout_site, seed=config.seed
     )
+    split_info = {
+        "train_cases": [keys[c.subject] for c in train_cases],
+        "val_cases": [keys[c.subject] for c in val_cases],
+        "holdout_cases": [keys[c.subject] for c in site_cases],
+    }
     say(f"[bold]rtfsyn train[/] {len(train_cases)} training, {len(val_cases)} validation"
         + (f", {len(site_cases)} held-out-site ({holdout_site})" if holdout_site else "")
         + f" cases; device {dev}; world size {world}")
@@ -274,7 +283,7 @@ def train(
     def save(tag_step: int) -> None:
         if not is_main:
             return
-        info = {"best_psnr": best_psnr, "data": run_config["data"]}
+        info = {"best_psnr": best_psnr, "data": run_config["data"], **split_info}
         save_checkpoint(last_ckpt, model, run_config, step=tag_step, info=info)
         state = {
             "step": tag_step,
@@ -346,7 +355,7 @@ def train(
                         best_psnr = val_metrics["psnr"]
                         save_checkpoint(ckpt_dir / "best.safetensors",
                                         ema.shadow if ema else model, run_config, step=step,
-                                        info={"val": val_metrics})
+                                        info={"val": val_metrics, **split_info})
                     say(f"step {step}: val PSNR {val_metrics.get('psnr', float('nan')):.2f} dB, "
                         f"SSIM {val_metrics.get('ssim', float('nan')):.4f}")
             # stop conditions (agreed across ranks)
@@ -370,7 +379,8 @@ def train(
         if step >= config.max_steps:
             final = save_checkpoint(ckpt_dir / "final.safetensors", ema.shadow if ema else model,
                                     run_config, step=step,
-                                    info={"val": val_metrics, "data": run_config["data"]})
+                                    info={"val": val_metrics, "data": run_config["data"],
+                                          **split_info})
         if writer is not None:
             writer.close()
         say(f"{'stopped' if stop_early else 'finished'} at step {step}; checkpoints in {ckpt_dir}")
