@@ -1,0 +1,202 @@
+"""LIIF-style implicit decoder in 3D: intensity at continuous coordinates.
+
+Coordinate convention (used everywhere in :mod:`rtfsyn.models`)
+----------------------------------------------------------------
+Coordinates are normalised per axis to ``[-1, 1]`` and ordered like the tensor axes
+``(D, H, W)`` — ``coords[..., 0]`` indexes ``D`` (note: the reverse of
+:func:`torch.nn.functional.grid_sample`'s ``(x, y, z)``; we flip internally). ``-1`` and
+``+1`` are the outer **edges** of the volume, not the centres of its first / last voxel
+(``align_corners=False`` semantics): voxel ``j`` of an axis with ``n`` voxels has its centre
+at ``-1 + (2j + 1) / n`` and size ``2 / n``. So a grid of any shape over ``[-1, 1]³`` covers
+the same field of view; e.g. an output twice as fine along one axis puts two voxels where
+the input has one, exactly like ``F.interpolate(..., align_corners=False)``.
+
+The cell size of a query is the size of the output voxel it stands for, in the same
+normalised units (``2 / n_out`` per axis; :func:`cell_size`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtfsyn.models._common import ModelError, check_int
+
+__all__ = ["ImplicitDecoder", "cell_size", "make_coord_grid", "sample_features"]
+
+# the 8 neighbours of the local ensemble: offsets (0 or 1) along (D, H, W)
+_OFFSETS = torch.tensor(
+    [[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=torch.float32
+)
+
+
+def make_coord_grid(
+    shape: Sequence[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    flatten: bool = True,
+) -> torch.Tensor:
+    """Voxel-centre coordinates of a ``shape = (D, H, W)`` grid over ``[-1, 1]³``.
+
+    Returns ``(D·H·W, 3)`` (``flatten``) or ``(D, H, W, 3)``, last axis in ``(D, H, W)``
+    order, C-order flattening (W fastest), centre of voxel ``j`` at ``-1 + (2j+1)/n``.
+    """
+    if len(shape) != 3 or any(int(s) < 1 for s in shape):
+        raise ModelError(f"grid shape {tuple(shape)} must be 3 positive sizes")
+    axes = [(torch.arange(int(n), device=device, dtype=torch.float64) * 2 + 1) / int(n) - 1
+            for n in shape]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).to(dtype)
+    return grid.reshape(-1, 3) if flatten else grid
+
+
+def cell_size(
+    shape: Sequence[int], device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Voxel size ``(3,)`` of a grid of ``shape`` in normalised units: ``2 / n`` per axis."""
+    return torch.tensor([2.0 / int(n) for n in shape], device=device, dtype=dtype)
+
+
+def sample_features(volume: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Trilinear sample of ``volume (B, C, D, H, W)`` at ``coords (B, Q, 3)`` → ``(B, Q, C)``.
+
+    Uses the convention of this module (``align_corners=False``, border padding).
+    """
+    b, q = coords.shape[:2]
+    grid = coords.flip(-1).reshape(b, q, 1, 1, 3).to(volume.dtype)
+    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.reshape(b, volume.shape[1], q).transpose(1, 2)
+
+
+class ImplicitDecoder(nn.Module):
+    """LIIF-3D: an MLP of (latent vector, relative coordinate, cell, embedding) → intensity.
+
+    For a query at ``x`` the 8 latent voxels whose centres surround it (the 2 nearest along
+    each axis, clamped at the border) each give a prediction
+    ``MLP([z_j, (x − c_j)·n/2, cell·n/2, e, s(x)])`` — relative coordinate and cell in units
+    of latent voxels — and the predictions are blended with LIIF's area weights (the volume
+    of the box spanned by the query and the diagonally opposite neighbour, i.e. the
+    trilinear weights; they sum to 1). The neighbours are found by index arithmetic, which
+    is exactly what LIIF's ``grid_sample(mode="nearest")`` at coordinates shifted by ± half a
+    latent voxel selects, without 8 sampling passes. ``s(x)`` are optional full-resolution
+    skip features sampled trilinearly at ``x``. Activations are ReLU (as in LIIF; cheapest
+    on CPU). The first MLP layer is linear in its concatenated input, so it is split
+    exactly: the ``z`` part is applied once per latent voxel (not 8× per query), the ``e``
+    part once per sample, the ``s`` part once per query.
+
+    Args:
+        latent_channels: ``C`` of the latent volume.
+        embed_dim: width ``E`` of the per-sample embedding (0: none).
+        hidden: MLP width.
+        layers: hidden layers (≥ 1).
+        skip_channels: channels of the full-resolution skip features (0: none).
+        out_channels: predicted channels (1).
+        chunk_size: queries per sample decoded at once (bounds memory; the result does not
+            depend on it).
+
+    ``forward(latent (B, C, d, h, w), coords (B, Q, 3), cell (B, Q, 3) | (B, 1, 3) | (3,),
+    embedding (B, E) | None, skip (B, S, D, H, W) | None) -> (B, Q, out_channels)``.
+    """
+
+    def __init__(
+        self,
+        latent_channels: int,
+        embed_dim: int = 0,
+        hidden: int = 64,
+        layers: int = 3,
+        skip_channels: int = 0,
+        out_channels: int = 1,
+        chunk_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.latent_channels = check_int("latent_channels", latent_channels)
+        self.embed_dim = check_int("embed_dim", embed_dim, minimum=0)
+        self.hidden = check_int("hidden", hidden)
+        check_int("layers", layers)
+        self.skip_channels = check_int("skip_channels", skip_channels, minimum=0)
+        check_int("out_channels", out_channels)
+        self.chunk_size = check_int("chunk_size", chunk_size)
+        self.latent_proj = nn.Linear(latent_channels, hidden)
+        self.rel_proj = nn.Linear(3, hidden, bias=False)
+        self.cell_proj = nn.Linear(3, hidden, bias=False)
+        self.embed_proj = nn.Linear(embed_dim, hidden, bias=False) if embed_dim else None
+        self.skip_proj = nn.Linear(skip_channels, hidden, bias=False) if skip_channels else None
+        self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
+        self.out = nn.Linear(hidden, out_channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(
+        self,
+        latent: torch.Tensor,
+        coords: torch.Tensor,
+        cell: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+        skip: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
+        if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
+            raise ModelError(
+                f"latent must be (B, {self.latent_channels}, d, h, w): got {tuple(latent.shape)}"
+            )
+        b = latent.shape[0]
+        if coords.ndim != 3 or coords.shape[0] != b or coords.shape[2] != 3:
+            raise ModelError(f"coords must be (B={b}, Q, 3): got {tuple(coords.shape)}")
+        if (embedding is None) != (self.embed_proj is None):
+            raise ModelError(f"decoder built with embed_dim={self.embed_dim}: "
+                             f"embedding {'missing' if embedding is None else 'unexpected'}")
+        if (skip is None) != (self.skip_proj is None):
+            raise ModelError(f"decoder built with skip_channels={self.skip_channels}: "
+                             f"skip features {'missing' if skip is None else 'unexpected'}")
+        coords = coords.float()
+        cell = cell.float()
+        if cell.ndim == 1:
+            cell = cell.view(1, 1, 3)
+        cell = cell.expand(b, coords.shape[1], 3)
+        # first-layer part of every latent voxel, once: (B, n, hidden)
+        feat = self.latent_proj(latent.flatten(2).transpose(1, 2))
+        const = self.embed_proj(embedding)[:, None, :] if self.embed_proj is not None else None
+        chunk = int(chunk_size or self.chunk_size)
+        outs = []
+        for s in range(0, coords.shape[1], chunk):
+            outs.append(self._decode(feat, latent.shape[2:], coords[:, s:s + chunk],
+                                     cell[:, s:s + chunk], const, skip))
+        return torch.cat(outs, dim=1)
+
+    def _decode(
+        self,
+        feat: torch.Tensor,
+        grid: Sequence[int],
+        coords: torch.Tensor,
+        cell: torch.Tensor,
+        const: torch.Tensor | None,
+        skip: torch.Tensor | None,
+    ) -> torch.Tensor:
+        b, q = coords.shape[:2]
+        size = torch.tensor([float(n) for n in grid], device=coords.device)
+        u = (coords + 1.0) * size / 2.0 - 0.5  # continuous latent index
+        i0 = torch.floor(u)
+        t = (u - i0).unsqueeze(2)  # (B, q, 1, 3)
+        off = _OFFSETS.to(coords.device)
+        weight = torch.where(off > 0, t, 1.0 - t).prod(-1)  # (B, q, 8) trilinear = LIIF area
+        idx = torch.minimum((i0.unsqueeze(2) + off).clamp_min(0.0), size - 1.0)  # (B, q, 8, 3)
+        centre = (2.0 * idx + 1.0) / size - 1.0
+        rel = (coords.unsqueeze(2) - centre) * size / 2.0
+        il = idx.long()
+        flat = (il[..., 0] * int(grid[1]) + il[..., 1]) * int(grid[2]) + il[..., 2]
+        z = torch.gather(feat, 1, flat.reshape(b, q * 8, 1).expand(-1, -1, feat.shape[-1]))
+        shared = self.cell_proj(cell * size / 2.0)  # (B, q, hidden)
+        if const is not None:
+            shared = shared + const
+        if skip is not None and self.skip_proj is not None:
+            shared = shared + self.skip_proj(sample_features(skip, coords))
+        dtype = feat.dtype
+        h = z.view(b, q, 8, -1) + self.rel_proj(rel.to(dtype)) + shared.to(dtype).unsqueeze(2)
+        h = self.act(h)
+        for layer in self.layers:
+            h = self.act(layer(h))
+        y = self.out(h)  # (B, q, 8, out)
+        return (y * weight.to(y.dtype).unsqueeze(-1)).sum(2)
