@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from _tiny import TINY_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 
@@ -50,3 +52,21 @@ def make_nifti(
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path
+
+
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    """An (untrained) tiny rtfsyn checkpoint with a training spacing of 2 mm."""
+    import torch
+
+    from rtfsyn.checkpoint import save_checkpoint
+    from rtfsyn.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**TINY_MODEL)
+    model = build_model(cfg)
+    config = {"model": cfg.model_dump(mode="json"),
+              "train": {"spacing": 2.0, "patch_size": 16}}
+    return save_checkpoint(tmp_path / "tiny.safetensors", model, config, step=0)

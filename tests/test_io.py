@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 
 import nibabel as nib
 import numpy as np
@@ -194,3 +195,14 @@ def test_real_brats_round_trip(real_data, tmp_path) -> None:
     out = io.save_nifti(back, tmp_path / "t2w.nii.gz", protect=[src])
     assert np.array_equal(nib.load(str(out)).get_fdata(), nib.load(str(src)).get_fdata())
     assert np.array_equal(nib.load(str(out)).affine, nib.load(str(src)).affine)
+
+
+def test_saved_file_has_umask_permissions(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = io.save_nifti(np.zeros((3, 3, 3), np.float32), tmp_path / "a.nii.gz",
+                             affine=np.eye(4))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]

@@ -13,11 +13,7 @@ Both are written atomically (temporary file in the same folder, then ``os.replac
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from rtfsyn import __version__
 from rtfsyn.errors import RtfsynError
+from rtfsyn.io import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -57,22 +54,6 @@ class CheckpointInfo:
     step: int
     version: str
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(

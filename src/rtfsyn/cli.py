@@ -49,6 +49,29 @@ def _root(
     _STATE["debug"] = debug or os.environ.get("RTFSYN_DEBUG", "") not in ("", "0")
 
 
+# --------------------------------------------------------------------------- demo
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("rtfsyn-demo"), "--out", "-o", help="Output folder."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller, coarser run (for tests)."),
+    model: str | None = typer.Option(None, "--model", help="Model (default: bundled)."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, mps."),
+    force: bool = typer.Option(False, "--force", help="Reuse a non-empty --out folder."),
+) -> None:
+    """Simulate a held-out phantom subject, synthesize T2w/FLAIR/PDw from T1w, report."""
+    from rtfsyn.demo import run_demo
+
+    res = run_demo(out, quick=quick, model=model, device=device, force=force,
+                   console=err_console)
+    for target, m in res.metrics.items():
+        console.print(f"T1w → {target:5s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  "
+                      f"MAE {m['mae']:.4f}")
+    console.print(f"report:      {res.report}")
+    console.print(f"panel:       {res.panel}")
+    console.print(f"synthesized: {res.out_dir / 'synthesized'}")
+    console.print(f"done in {res.seconds:.0f} s")
+
+
 # --------------------------------------------------------------------------- inspect
 @app.command("inspect")
 def inspect_cmd(
@@ -223,6 +246,90 @@ def evaluate_cmd(
         table.add_row(*row)
     console.print(table)
     console.print(f"report: {paths['md']} and {paths['html']}")
+
+
+# --------------------------------------------------------------------------- models
+@app.command("models")
+def models_cmd() -> None:
+    """List available models (bundled, and imported into $RTFSYN_HOME) with their summary."""
+    from rich.table import Table
+
+    from rtfsyn.inference import rtfsyn_home
+    from rtfsyn.model_store import list_models
+
+    entries = list_models()
+    table = Table("name", "source", "arch", "step", "trained with", "summary",
+                  title=f"models (RTFSYN_HOME={rtfsyn_home()})")
+    for e in entries:
+        table.add_row(e.name, e.source, e.arch, str(e.step), e.version, e.summary)
+    console.print(table)
+    if not entries:
+        console.print("no models found: train one with `rtfsyn train` and add it with "
+                      "`rtfsyn import-weights`")
+
+
+@app.command("import-weights")
+def import_weights_cmd(
+    path: Path = typer.Argument(..., help="Checkpoint (.safetensors) to import."),
+    name: str | None = typer.Option(None, "--name", help="Model name (default: file stem)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model of that name."),
+) -> None:
+    """Validate a checkpoint and copy it into $RTFSYN_HOME/models so --model NAME finds it."""
+    from rtfsyn.model_store import import_weights
+
+    dest = import_weights(path, name=name, overwrite=overwrite)
+    console.print(f"imported {path} as {dest.stem} ({dest})")
+
+
+# --------------------------------------------------------------------------- model-info
+@app.command("model-info")
+def model_info_cmd(
+    config: str = typer.Option(
+        "cpu-small", "--config", "-c", help="Model config: bundled name or YAML/JSON path."
+    ),
+    window: int = typer.Option(64, "--window", "-w", min=8, help="Cubic input window size."),
+) -> None:
+    """Parameters and FLOPs of rtfsyn and the baselines (crossattn, unet3d), same config."""
+    from rich.table import Table
+
+    from rtfsyn.models import ARCHS, build_model, load_config, profile_model
+
+    cfg = load_config(config)
+    table = Table(title=f"{config}: {window}³ window, batch 1",
+                  caption="FLOPs counted by torch.utils.flop_counter (multiply-add = 2)")
+    for col in ("arch", "params", "GFLOP", "MFLOP / output voxel", "attention map (MiB)"):
+        table.add_column(col, justify="left" if col == "arch" else "right")
+    for arch in ARCHS:
+        info = profile_model(build_model(cfg.with_arch(arch)), window)
+        table.add_row(
+            arch, f"{info['params'] / 1e6:.3f}M", f"{info['flops'] / 1e9:.2f}",
+            f"{info['flops_per_voxel'] / 1e6:.3f}",
+            f"{info['attention_bytes'] / 2**20:.2f}" if info["attention_elements"] else "-",
+        )
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- phantom
+@app.command("phantom")
+def phantom_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (BIDS)."),
+    subjects: int = typer.Option(12, "--subjects", "-n", help="Number of subjects (≥ 1)."),
+    sites: int = typer.Option(4, "--sites", help="Number of sites, 1–4 (SiteA…SiteD)."),
+    spacing: float = typer.Option(1.0, "--spacing", help="Grid spacing in mm, [0.5, 8]."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (≥ 0)."),
+    lesions: bool = typer.Option(False, "--lesions", help="Add 1–3 WM lesions per subject."),
+    preview: bool = typer.Option(False, "--preview", help="Also write DIR/preview.png."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Simulate a multi-site phantom cohort (T1w, T2w, FLAIR, PDw) as a BIDS dataset."""
+    from rtfsyn.phantom import make_cohort
+
+    paths = make_cohort(out, n_subjects=subjects, n_sites=sites, spacing=spacing, seed=seed,
+                        lesions=lesions, progress=progress, force=force, preview=preview)
+    console.print(f"phantom cohort (simulated): {len(paths)} subject"
+                  f"{'' if len(paths) == 1 else 's'} in {out}"
+                  + (f"; preview {out / 'preview.png'}" if preview else ""))
 
 
 # --------------------------------------------------------------------------- entry point

@@ -202,10 +202,11 @@ def _count_windows(size: Sequence[int], roi: Sequence[int], overlap: float) -> i
 
 
 # --------------------------------------------------------------------------- public API
-def _as_metadata(value: Metadata | str | dict | Path | None, default_contrast: str | None,
+def as_metadata(value: Metadata | str | dict | Path | None, default_contrast: str | None,
                  what: str) -> Metadata | None:
     if value is None:
-        return None if default_contrast is None else Metadata(contrast=default_contrast)
+        return None if default_contrast is None else Metadata.from_dict(
+            {"contrast": default_contrast})
     if isinstance(value, Metadata):
         meta = value
     elif isinstance(value, dict):
@@ -219,7 +220,8 @@ def _as_metadata(value: Metadata | str | dict | Path | None, default_contrast: s
         if default_contrast and "contrast" not in text.lower():
             text = f"contrast={default_contrast},{text}"
         meta = Metadata.from_string(text)
-    wanted = None if default_contrast is None else Metadata(contrast=default_contrast).contrast
+    wanted = (None if default_contrast is None
+              else Metadata.from_dict({"contrast": default_contrast}).contrast)
     if wanted is not None and meta.contrast != wanted:
         raise MetadataError(
             f"{what} metadata says contrast {meta.contrast.value} but {default_contrast} was "
@@ -275,7 +277,7 @@ def synthesize_image(
         raise RtfsynError(f"image must be a NIfTI path or nibabel image, got {type(image)!r}")
     if target is None and metadata is None:
         raise MetadataError("say what to synthesize: give a target contrast (e.g. T2w)")
-    tgt_meta = _as_metadata(metadata, target, "target")
+    tgt_meta = as_metadata(metadata, target, "target")
     assert tgt_meta is not None
     if source_metadata is None and src_path is not None:
         source_metadata = find_sidecar(src_path)
@@ -283,7 +285,7 @@ def synthesize_image(
         source_contrast = _contrast_from_name(src_path) if src_path else None
         if source_contrast is None:
             source_contrast = "T1w"
-    src_meta = _as_metadata(source_metadata, source_contrast, "source")
+    src_meta = as_metadata(source_metadata, source_contrast, "source")
     assert src_meta is not None
     if src_meta.voxel_size is None:
         src_meta = src_meta.with_updates(voxel_size=tuple(round(v, 4) for v in io.spacing_of(img)))

@@ -57,7 +57,9 @@ def robust_normalize(
         (normalised float32 volume, (low, high) intensities used).
     """
     if not 0.0 <= lower < upper <= 100.0:
-        raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}")
+        raise ValueError(
+            f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}"
+        )
     data = np.asarray(data, dtype=np.float32)
     mask = np.ones(data.shape, bool) if mask is None else np.asarray(mask, bool)
     if mask.shape != data.shape:

@@ -52,8 +52,8 @@ def run_synthesize(
 ) -> int:
     """Run the command; returns the exit code."""
     from rtfsyn.device import resolve_device
-    from rtfsyn.inference import load_model, synthesize_image, write_provenance
-    from rtfsyn.metadata import Metadata, normalize_contrast
+    from rtfsyn.inference import as_metadata, load_model, synthesize_image, write_provenance
+    from rtfsyn.metadata import Metadata
 
     if not input.exists():
         raise RtfsynError(f"input {input} does not exist")
@@ -65,20 +65,17 @@ def run_synthesize(
         raise RtfsynError(f"--spacing {spacing} is out of range: use 0.1 to 10 mm")
     if target is None and meta_file is None and meta is None:
         raise RtfsynError("say what to synthesize: --target T2w (and optionally --meta)")
-    target_meta: Metadata | str | Path | None
-    if meta_file is not None:
-        target_meta = Metadata.from_sidecar(meta_file, contrast=target)
-    elif meta is not None:
-        target_meta = meta
-    else:
-        target_meta = None
-    tname = normalize_contrast(target) if target else (
-        target_meta.contrast.value if isinstance(target_meta, Metadata)
-        else Metadata.from_string(str(target_meta)).contrast.value
-    )
-    src_meta_arg: str | Path | None = source_meta
+    # parse every metadata argument now, so a typo fails before any file or model is read
+    target_meta = as_metadata(meta_file if meta_file is not None else meta, target, "target")
+    assert target_meta is not None
+    tname = target_meta.contrast.value
+    src_meta_arg: Metadata | Path | None = None
     if source_meta and source_meta.lower().endswith(".json"):
         src_meta_arg = Path(source_meta)
+        if not src_meta_arg.is_file():
+            raise RtfsynError(f"--source-meta {source_meta} does not exist")
+    elif source_meta:
+        src_meta_arg = Metadata.from_string(source_meta)
 
     if input.is_dir():
         inputs = sorted(p for p in input.iterdir() if io.is_nifti_path(p) and p.is_file())
@@ -93,6 +90,11 @@ def run_synthesize(
         if out.is_dir():
             out = output_path_for(input, tname, out)
         jobs = [(input, out)]
+        io.load_nifti(input)  # fail fast, before the model is loaded
+        if out.exists() and not overwrite and not skip_existing:
+            raise RtfsynError(f"output {out} exists: pass --overwrite or choose another -o")
+        if out.resolve() == input.resolve():
+            raise RtfsynError(f"refusing to overwrite input file {input}: choose another -o")
     protected = [src for src, _ in jobs] + ([mask] if mask else [])
 
     dev = resolve_device(device)

@@ -14,6 +14,7 @@ import numpy as np
 
 from rtfsyn.evaluation.runner import EvalResult, EvalRow, rows_to_json
 from rtfsyn.evaluation.stats import mean_std, paired_comparison
+from rtfsyn.io import atomic_write
 
 __all__ = ["write_report"]
 
@@ -166,7 +167,7 @@ def _figures(result: EvalResult, fig_dir: Path) -> list[tuple[str, Path]]:
                      f"SSIM {median.ssim:.3f}", fontsize=10)
         fig.tight_layout()
         path = fig_dir / f"panel_{_safe(model)}_{_safe(task)}.png"
-        fig.savefig(path, dpi=90)
+        _save_figure(fig, path)
         plt.close(fig)
         figs.append((f"{model}, {task}: median case", path))
     # metric vs severity
@@ -199,7 +200,7 @@ def _figures(result: EvalResult, fig_dir: Path) -> list[tuple[str, Path]]:
         fig.suptitle(f"Robustness, {task}", fontsize=10)
         fig.tight_layout()
         path = fig_dir / f"robustness_{_safe(task)}.png"
-        fig.savefig(path, dpi=90)
+        _save_figure(fig, path)
         plt.close(fig)
         figs.append((f"PSNR vs artifact severity, {task}", path))
     return figs
@@ -212,7 +213,7 @@ def _safe(text: str) -> str:
 def write_report(result: EvalResult, out_dir: str | Path, command: str = "",
                  machine: str = "") -> dict[str, Path]:
     """Write ``per_case.csv``, ``results.json``, ``report.md``, ``report.html`` and figures."""
-    from rtfsyn.checkpoint import atomic_write
+
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,3 +305,8 @@ def summary_dict(result: EvalResult) -> dict[str, Any]:
             "mae": mean_std([r.mae for r in rs])[0],
         }
     return out
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"), suffix=".png")

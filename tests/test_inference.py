@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import rtfsyn
+from conftest import make_nifti, oblique_lps_affine
+from rtfsyn.checkpoint import CheckpointError
+from rtfsyn.errors import MetadataError
+from rtfsyn.inference import block_factors, load_model, synthesize_image
+
+
+def _head(path, shape=(30, 34, 26), affine=None, seed=0):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape, dtype=np.float32)
+    c = (np.array(shape) - 1) / 2
+    r = ((z - c[0]) / 12) ** 2 + ((y - c[1]) / 14) ** 2 + ((x - c[2]) / 10) ** 2
+    tex = ndimage.gaussian_filter(rng.random(shape).astype(np.float32), 2)
+    data = np.where(r <= 1, 100 + 800 * tex, 0).astype(np.float32)
+    return make_nifti(path, data=data, affine=affine if affine is not None else np.eye(4))
+
+
+def test_block_factors() -> None:
+    assert block_factors((1.0, 1.0, 1.0), 2.0) == (2, 2, 2)
+    assert block_factors((1.0, 1.0, 5.0), 2.0) == (2, 2, 1)
+    assert block_factors((0.7, 0.7, 0.7), None) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("affine", [np.eye(4), oblique_lps_affine((1.0, 1.1, 0.9))])
+def test_output_on_input_grid(tmp_path, tiny_checkpoint, affine) -> None:
+    src = _head(tmp_path / "sub_T1w.nii.gz", affine=affine)
+    res = synthesize_image(src, "T2w", "TR=3000,TE=90", model=tiny_checkpoint, device="cpu")
+    img = res.image
+    orig = nib.load(str(src))
+    assert img.shape == orig.shape
+    assert np.allclose(img.affine, orig.affine)
+    data = np.asarray(img.dataobj)
+    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+    assert np.all(data[np.asarray(orig.dataobj) == 0] == 0)  # zero outside the brain
+    prov = res.provenance
+    assert prov["target_metadata"]["contrast"] == "T2w"
+    assert prov["target_metadata"]["echo_time"] == pytest.approx(0.09)
+    assert "Contrast: T2w" in prov["prompt"] and prov["work_factors"] == [2, 2, 2]
+    json.dumps(prov)
+
+
+def test_output_at_requested_spacing(tmp_path, tiny_checkpoint) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz", affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    img = rtfsyn.synthesize(src, target="FLAIR", model=tiny_checkpoint, spacing=1.0,
+                            device="cpu")
+    assert np.allclose(img.header.get_zooms()[:3], 1.0)
+    assert img.shape == (60, 68, 52)
+
+
+def test_python_api_accepts_image_and_dict(tmp_path, tiny_checkpoint) -> None:
+    src = nib.load(str(_head(tmp_path / "a.nii.gz")))
+    lm = load_model(tiny_checkpoint, "cpu")
+    img = rtfsyn.synthesize(src, target="T2w", metadata={"TE": 100, "TR": 4000}, model=lm)
+    assert img.shape == src.shape
+
+
+def test_metadata_contrast_conflict(tmp_path, tiny_checkpoint) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz")
+    with pytest.raises(MetadataError, match="says contrast FLAIR but T2w was requested"):
+        synthesize_image(src, "T2w", "contrast=FLAIR,TE=90", model=tiny_checkpoint,
+                         device="cpu")
+
+
+def test_missing_model(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="neither a file nor a known model name"):
+        load_model(tmp_path / "nope.safetensors")
