@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from _tiny import TINY_MODEL
+from _tiny import TINY_MODEL, write_tiny_bids
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -54,8 +54,6 @@ def make_nifti(
     return path
 
 
-
-
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     """An (untrained) tiny rtfsyn checkpoint with a training spacing of 2 mm."""
@@ -70,3 +68,9 @@ def tiny_checkpoint(tmp_path) -> Path:
     config = {"model": cfg.model_dump(mode="json"),
               "train": {"spacing": 2.0, "patch_size": 16}}
     return save_checkpoint(tmp_path / "tiny.safetensors", model, config, step=0)
+
+
+@pytest.fixture
+def tiny_bids(tmp_path) -> Path:
+    """Three 28³ subjects (T1w, T2w, FLAIR with sidecars) at sites A / B."""
+    return write_tiny_bids(tmp_path / "bids")

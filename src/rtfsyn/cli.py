@@ -95,6 +95,9 @@ def train_cmd(
         "train-cpu", "--config", "-c", help="Training YAML, or bundled train-cpu / train-gpu."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="Fine-tune: start from this checkpoint or model name."
+    ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override max_steps."),
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after M min."),
     holdout_site: str | None = typer.Option(
@@ -105,12 +108,14 @@ def train_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Train a synthesis model on one or more datasets (BIDS, BraTS, IXI, phantom)."""
+    from rtfsyn.inference import resolve_model_path
     from rtfsyn.training import load_train_config
     from rtfsyn.training.trainer import train
 
     cfg = load_train_config(config, max_steps=max_steps, max_minutes=max_minutes, seed=seed)
+    init = resolve_model_path(init_from) if init_from else None
     result = train(data, cfg, out, resume=resume, holdout_site=holdout_site, device=device,
-                   progress=progress, console=err_console)
+                   progress=progress, init_from=init, console=err_console)
     console.print(f"checkpoint: {result.final_checkpoint or result.last_checkpoint}")
 
 
@@ -222,17 +227,10 @@ def evaluate_cmd(
                           include_training_cases=include_training_cases,
                           log=err_console.print, progress=report)
     if efficiency:
-        from rtfsyn.evaluation.efficiency import measure_volume, window_flops
-        from rtfsyn.inference import load_model
+        from rtfsyn.evaluation.efficiency import measure_models
 
-        for name, info in result.models.items():
-            lm = load_model(info["path"], "cpu")
-            eff = {"window": lm.window, "gflops": window_flops(lm.model, lm.window) / 1e9}
-            try:
-                eff.update(measure_volume(info["path"], shape, device=device))
-            except Exception as exc:  # report, do not lose the evaluation
-                err_console.print(f"[yellow]memory probe failed for {name}: {exc}[/]")
-            result.efficiency[name] = eff
+        measure_models(result, shape, device=device,
+                       warn=lambda m: err_console.print(f"[yellow]{m}[/]"))
     import platform
 
     machine = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)"

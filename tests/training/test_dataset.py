@@ -75,6 +75,18 @@ def test_split_cases(tiny_bids) -> None:
         split_cases(cases, holdout_site="Z")
 
 
+def test_split_is_stratified_by_site() -> None:
+    from rtfsyn.data.cases import Case
+
+    cases = [Case(f"s{i}", {}, {}, site=site) for i, site in
+             enumerate(["A"] * 6 + ["B"] * 6 + ["C"] * 3 + [None] * 2)]
+    train, val, _ = split_cases(cases, val_fraction=0.25, seed=3)
+    per_site = {s: sum(c.site == s for c in val) for s in ("A", "B", "C", None)}
+    assert per_site == {"A": 2, "B": 2, "C": 1, None: 0}
+    assert len(train) + len(val) == len(cases) and not set(map(id, train)) & set(map(id, val))
+    assert [c.subject for c in split_cases(cases, 0.25, seed=3)[1]] == [c.subject for c in val]
+
+
 def test_train_config_validation(tmp_path) -> None:
     cfg = load_train_config("train-cpu", max_steps=5)
     assert cfg.max_steps == 5 and cfg.patch_size == 32

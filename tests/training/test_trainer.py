@@ -63,6 +63,23 @@ def test_resume_reaches_same_weights(tiny_bids, tmp_path) -> None:
     assert any(not torch.equal(part_weights[k], b[k]) for k in b)
 
 
+def test_init_from_fine_tunes_and_keeps_training_cases(tiny_bids, tmp_path) -> None:
+    first = train([tiny_bids], tiny_config(max_steps=3, val_every=100), tmp_path / "a",
+                  progress=False, device="cpu")
+    w0, info0 = load_checkpoint(first.final_checkpoint)
+    # a different split seed: the union of both runs' training cases is recorded
+    res = train([tiny_bids], tiny_config(max_steps=2, val_every=100, seed=7), tmp_path / "b",
+                progress=False, device="cpu", init_from=first.final_checkpoint)
+    w1, info1 = load_checkpoint(res.final_checkpoint)
+    assert info1.step == 2 and info1.config["init_from"]["step"] == 3
+    assert set(info0.info["train_cases"]) <= set(info1.info["train_cases"])
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # it trained on
+    other = tiny_config(model={**TINY_MODEL, "d_model": 8, "attn_dim": 8})
+    with pytest.raises(RtfsynError, match="model config differs"):
+        train([tiny_bids], other, tmp_path / "c", progress=False, device="cpu",
+              init_from=first.final_checkpoint)
+
+
 def test_resume_errors(tiny_bids, tmp_path) -> None:
     with pytest.raises(RtfsynError, match="--resume given but"):
         train([tiny_bids], tiny_config(), tmp_path / "none", resume=True, progress=False,

@@ -1,8 +1,10 @@
 """Efficiency numbers: FLOPs per window, and latency / peak memory of a whole-volume synthesis.
 
 Peak memory is measured in a fresh subprocess (``python -m rtfsyn.evaluation.efficiency``)
-so that each model's figure is its own: the peak resident set size (``ru_maxrss``) of that
-process on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
+so that each model's figure is its own: the peak resident set size of that process on CPU
+(``VmHWM`` from ``/proc/self/status``, which starts afresh at ``exec``; ``ru_maxrss`` where
+there is no ``/proc``, which on Linux would carry over the parent's peak), and
+``torch.cuda.max_memory_allocated`` on CUDA.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["measure_volume", "window_flops"]
+__all__ = ["measure_models", "measure_volume", "window_flops"]
 
 
 def window_flops(model: torch.nn.Module, window: int, device: str | torch.device = "cpu") -> int:
@@ -52,15 +54,49 @@ def measure_volume(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measure_models(result: Any, shape: Sequence[int] = (240, 240, 155), device: str = "cpu",
+                   warn: Any = print) -> dict[str, dict[str, Any]]:
+    """Fill ``result.efficiency`` (an :class:`EvalResult`) for each of its models.
+
+    Per model: GFLOPs of one sliding window, and seconds / peak MB to synthesize a
+    ``shape`` head volume (fresh subprocess per model). A failed probe is reported through
+    ``warn`` and leaves that model's FLOPs in place, so the evaluation is never lost.
+    """
+    from rtfsyn.inference import load_model
+
+    for name, info in result.models.items():
+        lm = load_model(info["path"], "cpu")
+        eff: dict[str, Any] = {"window": lm.window,
+                               "gflops": window_flops(lm.model, lm.window) / 1e9}
+        try:
+            eff.update(measure_volume(info["path"], shape, device=device))
+        except Exception as exc:  # report, do not lose the evaluation
+            warn(f"memory probe failed for {name}: {exc}")
+        result.efficiency[name] = eff
+    return result.efficiency
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (see the module docstring)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def head_phantom(shape: Sequence[int], seed: int = 0) -> np.ndarray:
     """An ellipsoidal 'head' with smooth texture (only its size matters for timing)."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    r = np.sqrt(sum((g / a) ** 2 for g, a in zip(grids, (0.75, 0.85, 0.8), strict=True)))
-    tex = ndimage.gaussian_filter(rng.random(tuple(shape)).astype(np.float32), 3)
-    return np.where(r <= 1, 300 + 2000 * tex, 0).astype(np.float32)
+    grids = np.ogrid[tuple(slice(-1, 1, complex(0, s)) for s in shape)]
+    r2 = sum((g.astype(np.float32) / a) ** 2
+             for g, a in zip(grids, (0.75, 0.85, 0.8), strict=True))
+    tex = ndimage.gaussian_filter(rng.random(tuple(shape), dtype=np.float32), 3)
+    return np.where(r2 <= 1, 300 + 2000 * tex, 0).astype(np.float32)
 
 
 def _probe(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,7 +108,7 @@ def _probe(args: argparse.Namespace) -> dict[str, Any]:
     dev = resolve_device(args.device)
     lm = load_model(args.model, dev)
     img = nib.Nifti1Image(head_phantom(args.shape), np.eye(4))
-    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_mb = peak_rss_mb()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -83,7 +119,7 @@ def _probe(args: argparse.Namespace) -> dict[str, Any]:
     if dev.type == "cuda":
         out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
-        out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out["peak_mb"] = peak_rss_mb()
         out["model_loaded_mb"] = base_mb
     return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ def evaluate(
     artifact_cases: int | None = None,
     holdout_site: str | None = None,
     max_cases: int | None = None,
+    cases_only: Collection[str] | None = None,
     tissue: bool = True,
     device: str = "auto",
     seed: int = 0,
@@ -119,7 +120,11 @@ def evaluate(
     log: Callable[[str], None] = print,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> EvalResult:
-    """Run the evaluation (see the module docstring); returns rows for reporting."""
+    """Run the evaluation (see the module docstring); returns rows for reporting.
+
+    ``cases_only``: evaluate only these case keys (:func:`case_key`, ``"<folder>/<subject>"``);
+    training cases are still excluded unless ``include_training_cases``.
+    """
     from rtfsyn.device import resolve_device
     from rtfsyn.inference import load_model, synthesize_image
 
@@ -146,6 +151,8 @@ def evaluate(
         for case in load_cases(folder):
             key = case_key(folder, case.subject)
             if holdout_site is not None and case.site != holdout_site:
+                continue
+            if cases_only is not None and key not in cases_only:
                 continue
             if key in trained_on and not include_training_cases:
                 excluded.append(key)

@@ -210,8 +210,9 @@ def split_cases(
 ) -> tuple[list[Case], list[Case], list[Case]]:
     """Split into (train, validation, held-out-site) cases, deterministically.
 
-    Cases of ``holdout_site`` go to the third list only. Of the others, ``val_fraction``
-    (at least one when there are ≥ 3 cases and the fraction is > 0) are validation cases.
+    Cases of ``holdout_site`` go to the third list only. The others are split per site
+    (stratified, so every site with ≥ 3 cases has validation subjects): ``val_fraction`` of
+    each site's cases, at least one when the site has ≥ 3 cases and the fraction is > 0.
     """
     site_cases = [c for c in cases if holdout_site is not None and c.site == holdout_site]
     if holdout_site is not None and not site_cases:
@@ -221,12 +222,19 @@ def split_cases(
             f"{', '.join(sites) or 'none'}"
         )
     rest = [c for c in cases if c not in site_cases]
-    order = np.random.default_rng(seed).permutation(len(rest))
-    n_val = round(val_fraction * len(rest))
-    if val_fraction > 0 and n_val == 0 and len(rest) >= 3:
-        n_val = 1
-    val = [rest[i] for i in sorted(order[:n_val])]
-    train = [rest[i] for i in sorted(order[n_val:])]
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(rest):
+        groups.setdefault(c.site or "", []).append(i)
+    rng = np.random.default_rng(seed)
+    val_idx: set[int] = set()
+    for site in sorted(groups):
+        members = groups[site]
+        n_val = round(val_fraction * len(members))
+        if val_fraction > 0 and n_val == 0 and len(members) >= 3:
+            n_val = 1
+        val_idx.update(members[j] for j in rng.permutation(len(members))[:n_val])
+    val = [c for i, c in enumerate(rest) if i in val_idx]
+    train = [c for i, c in enumerate(rest) if i not in val_idx]
     if not train:
         raise DatasetError("no training cases left after the validation / held-out split")
     return train, val, site_cases

@@ -160,6 +160,7 @@ def train(
     device: str = "auto",
     progress: bool = True,
     stop_after_steps: int | None = None,
+    init_from: str | Path | None = None,
     console: Console | None = None,
 ) -> TrainResult:
     """Train a model; see the module docstring for the run folder.
@@ -173,6 +174,9 @@ def train(
         device: ``auto``, ``cpu``, ``cuda`` …; under ``torchrun`` each rank uses its GPU.
         stop_after_steps: stop (with a checkpoint) after this many steps of *this* call,
             without changing the schedule; used to emulate an interrupted run.
+        init_from: start from this checkpoint's weights (fine-tuning; same model config),
+            with a fresh optimiser and schedule. Its training cases are added to this run's
+            ``train_cases`` so that evaluation never scores a case either run has seen.
     """
     from rtfsyn.device import resolve_device
     from rtfsyn.models import ModelConfig, build_model
@@ -233,6 +237,19 @@ def train(
         "data": [str(d) for d in data],
         "holdout_site": holdout_site,
     }
+    if init_from is not None and not resume:
+        weights, init_info = load_checkpoint(init_from)
+        if init_info.config.get("model") != model_cfg:
+            raise CheckpointError(
+                f"{init_info.path}: its model config differs from this run's ("
+                f"{init_info.config.get('model', {}).get('arch')} vs {model_cfg.get('arch')}): "
+                "fine-tune with the checkpoint's own model config"
+            )
+        model.load_state_dict(weights)
+        seen = set((init_info.info or {}).get("train_cases", []))
+        split_info["train_cases"] = sorted(set(split_info["train_cases"]) | seen)
+        run_config["init_from"] = {"path": str(init_info.path), "step": init_info.step}
+        say(f"initialised from {init_info.path} (step {init_info.step})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))

@@ -1,0 +1,84 @@
+"""The evaluation harness end to end on a tiny dataset: CLI, exclusions, report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from rtfsyn.checkpoint import load_checkpoint, save_checkpoint
+from rtfsyn.errors import RtfsynError
+from rtfsyn.evaluation.runner import evaluate, parse_tasks
+from test_cli import run_cli
+
+
+def _trained_on(src, dest, cases: list[str]):
+    """A copy of checkpoint ``src`` that says it was trained on ``cases``."""
+    state, info = load_checkpoint(src)
+    return save_checkpoint(dest, state, info.config, step=3, info={"train_cases": cases})
+
+
+def test_evaluate_cli_writes_full_report(capsys, tmp_path, tiny_checkpoint, tiny_bids) -> None:
+    other = shutil.copy(tiny_checkpoint, tmp_path / "other.safetensors")
+    out = tmp_path / "report"
+    code, stdout, err = run_cli(
+        capsys, "evaluate", "--model", str(tiny_checkpoint), "--model", str(other),
+        "--data", str(tiny_bids), "--tasks", "t1:flair", "--out", str(out), "--max-cases", "2",
+        "--artifact-kinds", "motion,rician_noise", "--artifact-cases", "1",
+        "--volume-shape", "24x24x24", "-d", "cpu",
+    )
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "per_case.csv")))
+    # 2 models × 2 cases clean + 2 models × 1 case × 2 kinds × 3 severities
+    assert len(rows) == 2 * 2 + 2 * 1 * 2 * 3
+    assert {r["task"] for r in rows} == {"T1w->FLAIR"}
+    assert {r["condition"] for r in rows} >= {"clean", "motion:1", "rician_noise:3"}
+    clean = [r for r in rows if r["condition"] == "clean"]
+    assert all(0.0 < float(r["ssim"]) <= 1.0 and float(r["mae"]) > 0 for r in clean)
+    assert all(r["tissue_error"] != "" for r in clean)
+    md = (out / "report.md").read_text()
+    for section in ("Quality (clean inputs)", "Paired comparison", "Robustness", "Efficiency"):
+        assert section in md
+    assert "rtfsyn evaluate --model" in md  # the command that produced it
+    assert (out / "report.html").read_text().count("<img") >= 2
+    pngs = list((out / "figures").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    eff = json.loads((out / "results.json").read_text())["efficiency"]
+    assert set(eff) == {"tiny", "other"}
+    for e in eff.values():
+        assert e["gflops"] > 0 and e["seconds"] > 0 and e["peak_mb"] > 50
+    assert "clean inputs" in stdout and "report.md" in stdout
+
+
+def test_training_cases_are_excluded(tmp_path, tiny_checkpoint, tiny_bids) -> None:
+    ckpt = _trained_on(tiny_checkpoint, tmp_path / "run.safetensors",
+                       ["bids/sub-01", "bids/sub-02"])
+    res = evaluate([ckpt], [tiny_bids], parse_tasks("T1w:T2w"), tissue=False, device="cpu",
+                   log=lambda _m: None)
+    assert res.cases == ["bids/sub-03"] and sorted(res.excluded) == ["bids/sub-01",
+                                                                      "bids/sub-02"]
+    res = evaluate([ckpt], [tiny_bids], parse_tasks("T1w:T2w"), tissue=False, device="cpu",
+                   include_training_cases=True, cases_only={"bids/sub-02"},
+                   log=lambda _m: None)
+    assert res.cases == ["bids/sub-02"] and len(res.rows) == 1
+    ckpt_all = _trained_on(tiny_checkpoint, tmp_path / "all.safetensors",
+                           [f"bids/sub-0{i}" for i in (1, 2, 3)])
+    with pytest.raises(RtfsynError, match="no case left"):
+        evaluate([ckpt_all], [tiny_bids], parse_tasks("T1w:T2w"), device="cpu",
+                 log=lambda _m: None)
+
+
+def test_holdout_site_and_bad_tasks(tmp_path, tiny_checkpoint, tiny_bids) -> None:
+    res = evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+                   tissue=False, device="cpu", log=lambda _m: None)
+    assert res.cases and all(r.site == "A" for r in res.rows)
+    with pytest.raises(RtfsynError, match="no evaluation case of site 'Z'"):
+        evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="Z",
+                 device="cpu", log=lambda _m: None)
+    with pytest.raises(RtfsynError, match="SOURCE:TARGET"):
+        parse_tasks("T1w-T2w")
+    with pytest.raises(RtfsynError, match="artifact 'wobble' is unknown"):
+        evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), artifacts=["wobble"],
+                 device="cpu", log=lambda _m: None)

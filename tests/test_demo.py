@@ -1,0 +1,45 @@
+"""``rtfsyn demo`` in its reduced (``--quick``) mode, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rtfsyn.demo import TARGETS, run_demo
+from rtfsyn.errors import RtfsynError
+from rtfsyn.inference import default_model_path
+from test_cli import run_cli
+
+
+def test_demo_quick_writes_everything(tmp_path, tiny_checkpoint) -> None:
+    out = tmp_path / "demo"
+    res = run_demo(out, quick=True, model=tiny_checkpoint, device="cpu")
+    assert set(res.metrics) == set(TARGETS)
+    for target, path in res.outputs.items():
+        img = nib.load(str(path))
+        truth = next((out / "phantom").rglob(f"*_{target}.nii.gz"))
+        ref = nib.load(str(truth))
+        assert img.shape == ref.shape and np.allclose(img.affine, ref.affine)
+        assert np.isfinite(np.asarray(img.dataobj)).all()
+        assert path.with_name(path.name.replace(".nii.gz", ".json")).exists()  # provenance
+        m = res.metrics[target]
+        assert np.isfinite(m["psnr"]) and 0 < m["ssim"] <= 1
+    assert res.panel.stat().st_size > 5000
+    html = res.report.read_text()
+    assert "demo_panel.png" in html and "simulated" in html.lower()
+    saved = json.loads((out / "demo_metrics.json").read_text())
+    assert saved["metrics"]["T2w"]["psnr"] == pytest.approx(res.metrics["T2w"]["psnr"])
+    with pytest.raises(RtfsynError, match="not empty"):
+        run_demo(out, quick=True, model=tiny_checkpoint, device="cpu")
+
+
+@pytest.mark.skipif(not default_model_path().exists(), reason="no bundled model in this build")
+def test_demo_cli_with_bundled_model(capsys, tmp_path) -> None:
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--quick", "--out", str(out), "-d", "cpu")
+    assert code == 0, err
+    assert "T1w → T2w" in stdout and "report:" in stdout
+    assert (out / "report.html").exists() and (out / "demo_panel.png").exists()
