@@ -27,9 +27,11 @@ def test_demo_quick_writes_everything(tmp_path, tiny_checkpoint) -> None:
         assert path.with_name(path.name.replace(".nii.gz", ".json")).exists()  # provenance
         m = res.metrics[target]
         assert np.isfinite(m["psnr"]) and 0 < m["ssim"] <= 1
+        # the noise-free truth bounds every model: it scores above this (untrained) one
+        assert m["ceiling_psnr"] > m["psnr"] and m["ceiling_ssim"] > m["ssim"]
     assert res.panel.stat().st_size > 5000
     html = res.report.read_text()
-    assert "demo_panel.png" in html and "simulated" in html.lower()
+    assert "demo_panel.png" in html and "simulated" in html.lower() and "ceiling" in html
     saved = json.loads((out / "demo_metrics.json").read_text())
     assert saved["metrics"]["T2w"]["psnr"] == pytest.approx(res.metrics["T2w"]["psnr"])
     with pytest.raises(RtfsynError, match="not empty"):
@@ -42,4 +44,4 @@ def test_demo_cli_with_bundled_model(capsys, tmp_path) -> None:
     code, stdout, err = run_cli(capsys, "demo", "--quick", "--out", str(out), "-d", "cpu")
     assert code == 0, err
     assert "T1w → T2w" in stdout and "report:" in stdout
-    assert (out / "report.html").exists() and (out / "demo_panel.png").exists()
+    assert (out / "demo_report.html").exists() and (out / "demo_panel.png").exists()

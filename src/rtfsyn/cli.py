@@ -65,7 +65,8 @@ def demo_cmd(
                    console=err_console)
     for target, m in res.metrics.items():
         console.print(f"T1w → {target:5s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  "
-                      f"MAE {m['mae']:.4f}")
+                      f"MAE {m['mae']:.4f}   (ceiling {m['ceiling_psnr']:.2f} dB / "
+                      f"{m['ceiling_ssim']:.3f})")
     console.print(f"report:      {res.report}")
     console.print(f"panel:       {res.panel}")
     console.print(f"synthesized: {res.out_dir / 'synthesized'}")

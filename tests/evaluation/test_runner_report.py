@@ -45,6 +45,9 @@ def test_evaluate_cli_writes_full_report(capsys, tmp_path, tiny_checkpoint, tiny
     assert (out / "report.html").read_text().count("<img") >= 2
     pngs = list((out / "figures").glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    assert sorted(p.name for p in pngs) == ["panel_other_T1w-to-FLAIR.png",
+                                            "panel_tiny_T1w-to-FLAIR.png",
+                                            "robustness_T1w-to-FLAIR.png"]
     eff = json.loads((out / "results.json").read_text())["efficiency"]
     assert set(eff) == {"tiny", "other"}
     for e in eff.values():

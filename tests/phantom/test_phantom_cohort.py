@@ -246,3 +246,17 @@ def test_non_empty_folder_needs_force(tmp_path) -> None:
     (other / "notes.txt").write_text("keep me")
     make_cohort(other, n_subjects=1, spacing=8.0, progress=False, force=True)
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_noise_free_twin_matches_written_subject_up_to_noise(tmp_path) -> None:
+    from rtfsyn.phantom import get_sites, make_cohort, sample_subject, simulate_noise_free
+
+    make_cohort(tmp_path / "c", n_subjects=1, n_sites=1, spacing=6.0, seed=3, progress=False)
+    written = np.asarray(nib.load(str(next((tmp_path / "c").rglob("*_T2w.nii.gz")))).dataobj)
+    params = sample_subject(3, 0, get_sites(1)[0], n_subjects=1)
+    clean = simulate_noise_free(params, 6.0).images["T2w"]
+    inside = written > 0
+    diff = (written - clean)[inside]
+    sigma = params.site.noise * 1000.0 * params.site.scale
+    assert np.abs(diff).max() > 0  # the written image has noise ...
+    assert 0.3 * sigma < diff.std() < 3 * sigma  # ... of the site's level, and nothing else

@@ -172,19 +172,21 @@ def _figures(result: EvalResult, fig_dir: Path) -> list[tuple[str, Path]]:
         figs.append((f"{model}, {task}: median case", path))
     # metric vs severity
     kinds = sorted({r.condition.split(":")[0] for r in result.rows if r.condition != "clean"})
-    for task in sorted({r.task for r in result.rows}):
-        if not kinds:
-            break
+    for task in sorted({r.task for r in result.rows if r.condition != "clean"}):
         ncol = min(4, len(kinds))
         nrow = math.ceil(len(kinds) / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.8 * nrow), squeeze=False)
         for ax, kind in zip(axes.flat, kinds, strict=False):
             for model in result.models:
+                corrupted = [r for r in result.rows if r.model == model and r.task == task
+                             and r.condition.startswith(f"{kind}:")]
+                cases = {r.case for r in corrupted}  # clean point: the same cases
                 xs, ys = [], []
                 for sev in (0, 1, 2, 3):
                     cond = "clean" if sev == 0 else f"{kind}:{sev}"
                     vals = [r.psnr for r in result.rows if r.model == model and r.task == task
-                            and r.condition == cond and math.isfinite(r.psnr)]
+                            and r.condition == cond and r.case in cases
+                            and math.isfinite(r.psnr)]
                     if vals:
                         xs.append(sev)
                         ys.append(float(np.mean(vals)))
@@ -207,6 +209,7 @@ def _figures(result: EvalResult, fig_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _safe(text: str) -> str:
+    text = text.replace("->", "-to-")
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 

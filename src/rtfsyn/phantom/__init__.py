@@ -22,6 +22,7 @@ from rtfsyn.phantom.cohort import (
     SubjectParams,
     make_cohort,
     sample_subject,
+    simulate_noise_free,
     simulate_subject,
     subject_id,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "get_sites",
     "make_cohort",
     "sample_subject",
+    "simulate_noise_free",
     "simulate_subject",
     "subject_id",
     "write_preview",

@@ -58,6 +58,7 @@ __all__ = [
     "SubjectParams",
     "make_cohort",
     "sample_subject",
+    "simulate_noise_free",
     "simulate_subject",
     "subject_id",
 ]
@@ -217,6 +218,19 @@ def simulate_subject(params: SubjectParams, spacing: float = 1.0) -> SimulatedSu
         images[contrast] = image
     return SimulatedSubject(params, np.array(base.affine), images,
                             anat.mask.astype(np.uint8), anat.labels)
+
+
+def simulate_noise_free(params: SubjectParams, spacing: float = 1.0) -> SimulatedSubject:
+    """The same subject without its Rician noise (everything else identical).
+
+    The noise is independent of everything a synthesis model sees, so comparing a simulated
+    target with its noise-free version gives the best PSNR / SSIM any model could reach on
+    that image (an upper bound used by ``rtfsyn demo`` to put its numbers in context).
+    """
+    import dataclasses
+
+    quiet = dataclasses.replace(params.site, noise=0.0)
+    return simulate_subject(dataclasses.replace(params, site=quiet), spacing)
 
 
 # --------------------------------------------------------------------------- BIDS writing
