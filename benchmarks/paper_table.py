@@ -110,6 +110,40 @@ def split_rows(rows: list[Any]) -> dict[str, list[Any]]:
             f"held-out site ({HOLDOUT_SITE})": [r for r in rows if r.site == HOLDOUT_SITE]}
 
 
+def render_markdown(result: dict[str, Any]) -> str:
+    """The table (and robustness, efficiency) as markdown, for the README and notes."""
+    lines = [f"`{result['command']}` on {result['machine']} "
+             f"({result['seconds'] / 60:.0f} min in all).", "",
+             "| split | task | model | n | PSNR dB | SSIM | MAE | tissue err "
+             "| Δ PSNR rtfsyn − this (p) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in result["table"]:
+        comp = e.get("rtfsyn_minus_this_psnr")
+        cmp_txt = ""
+        if comp:
+            p = comp.get("p_wilcoxon")
+            cmp_txt = f"{comp['mean_diff']:+.2f}" + (f" (p={p:.3f})" if p is not None else "")
+        terr = e.get("tissue_error")
+        lines.append(
+            f"| {e['split']} | {e['task'].replace('->', '→')} | {e['model']} | {e['n']} | "
+            f"{e['psnr']:.2f} ± {e['psnr_std']:.2f} | {e['ssim']:.3f} ± {e['ssim_std']:.3f} | "
+            f"{e['mae']:.4f} | {'' if terr is None else f'{terr:.3f}'} | {cmp_txt} |")
+    lines += ["", "| model | artifact severity | n | PSNR dB | drop from clean |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {e['model']} | {e['severity']} | {e['n']} | {e['psnr']:.2f} | "
+              f"{e['drop_from_clean']:.2f} |" for e in result["robustness"]]
+    lines += ["", "| model | steps | params | GFLOP / window | s / 240×240×155 | peak MB |",
+              "|---|---|---|---|---|---|"]
+    for name, info in result["models"].items():
+        eff = result["efficiency"].get(name, {})
+        run = result["runs"].get(info.get("arch") or name, {})
+        nan = float("nan")
+        lines.append(f"| {info.get('arch')} | {run.get('steps', '')} | "
+                     f"{info.get('params', 0) / 1e6:.2f} M | {eff.get('gflops', nan):.1f} | "
+                     f"{eff.get('seconds', nan):.1f} | {eff.get('peak_mb', nan):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=3000, help="training steps per model")
@@ -129,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "paper_table")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--progress", action="store_true", help="rich progress bars")
+    ap.add_argument("--render", action="store_true",
+                    help="only re-render <out>/paper_table.md from <out>/paper_table.json")
     args = ap.parse_args(argv)
+    if args.render:
+        result = json.loads((args.out / "paper_table.json").read_text())
+        (args.out / "paper_table.md").write_text(render_markdown(result))
+        print(render_markdown(result))
+        return 0
 
     from rtfsyn.evaluation import evaluate
     from rtfsyn.evaluation.efficiency import measure_models
@@ -202,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
               "efficiency": clean.efficiency}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "paper_table.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out / "paper_table.md").write_text(render_markdown(result))
 
     print(f"\n{'split':<24} {'task':<12} {'model':<10} {'n':>3} {'PSNR dB':>14} "
           f"{'SSIM':>14} {'MAE':>7} {'tissue err':>10}")
