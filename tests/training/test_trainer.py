@@ -39,6 +39,16 @@ def test_train_writes_run_and_validates(tiny_bids, tmp_path) -> None:
     assert info.step == 6 and info.config["model"]["arch"] == "rtfsyn"
     assert len(info.info["train_cases"]) == 2 and len(info.info["val_cases"]) == 1
     assert not set(info.info["train_cases"]) & set(info.info["val_cases"])
+    # end to end: the trained checkpoint synthesizes a subject on its own grid and affine
+    import nibabel as nib
+
+    import rtfsyn
+
+    src = tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    img = rtfsyn.synthesize(src, target="T2w", metadata="TR=4000,TE=90",
+                            model=res.final_checkpoint, device="cpu")
+    ref = nib.load(str(src))
+    assert img.shape == ref.shape and (img.affine == ref.affine).all()
     # a second run into the same folder is refused (nothing is overwritten)
     with pytest.raises(RtfsynError, match="already holds a run"):
         train([tiny_bids], tiny_config(), out, progress=False, device="cpu")
