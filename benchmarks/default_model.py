@@ -4,8 +4,9 @@ Recipe (CPU, 2 cores; about 1.5 h in all):
 
 1. stage 1 — the ``rtfsyn`` run of ``benchmarks/paper_table.py`` (``train-cpu``, 700 steps
    on the phantom cohort sites A–C + ``../shared/data/real``; SiteD held out);
-2. stage 2 — fine-tune it with ``train-cpu`` for ``--steps`` more steps on the same data and
-   split (``rtfsyn train --init-from``), all contrast directions the data has;
+2. stages 2, 3, … — fine-tune it with ``train-cpu`` for each of ``--steps`` more steps on the
+   same data and split (``rtfsyn train --init-from`` the previous stage; a fresh warm-up and
+   cosine schedule per stage), all contrast directions the data has;
 3. evaluate the result with :func:`rtfsyn.evaluation.evaluate` on every case neither stage
    trained on — held-out subjects of sites A–C and the real data, and the held-out site —
    for T1w→T2w/FLAIR/PDw/T1Gd;
@@ -15,7 +16,8 @@ Recipe (CPU, 2 cores; about 1.5 h in all):
 
 Usage::
 
-    python benchmarks/default_model.py [--steps 1500] [--work benchmarks/work] [--no-bundle]
+    python benchmarks/default_model.py [--steps 1500 [1500 ...]] [--work benchmarks/work]
+        [--max-minutes M] [--no-bundle]
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def summarize(rows: list[Any]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=1500, help="stage-2 steps")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1500],
+                    help="steps of each fine-tuning stage (2, 3, ...)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="wall-clock cap per stage (the stage then ends early)")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "results" / "default_model.json")
@@ -75,15 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     stage1 = args.work / "runs" / "rtfsyn" / "checkpoints" / "final.safetensors"
     if not stage1.exists():
         raise SystemExit(f"{stage1} missing: run benchmarks/paper_table.py first (stage 1)")
-    run = args.work / "runs" / "default"
-    final = run / "checkpoints" / "final.safetensors"
-    if not final.exists():
-        cfg = load_train_config("train-cpu", max_steps=args.steps)
-        resume = (run / "checkpoints" / "last.safetensors").exists()
-        train(data, cfg, run, resume=resume, holdout_site=HOLDOUT_SITE, device=args.device,
-              init_from=None if resume else stage1, progress=False)
-    info = read_checkpoint_info(final)
+    previous = stage1
+    stage_infos = []
+    for k, steps in enumerate(args.steps, start=2):
+        run = args.work / "runs" / ("default" if k == 2 else f"default-stage{k}")
+        final = run / "checkpoints" / "final.safetensors"
+        if not final.exists():
+            cfg = load_train_config("train-cpu", max_steps=steps, max_minutes=args.max_minutes)
+            resume = (run / "checkpoints" / "last.safetensors").exists()
+            train(data, cfg, run, resume=resume, holdout_site=HOLDOUT_SITE,
+                  device=args.device, init_from=None if resume else previous, progress=False)
+        stage_infos.append(read_checkpoint_info(final))
+        previous = final
+    info = stage_infos[-1]
     stage1_info = read_checkpoint_info(stage1)
+    steps_done = [stage1_info.step] + [i.step for i in stage_infos]
 
     result = evaluate([final], data, TASKS, device=args.device, log=print)
     table = summarize(result.rows)
@@ -91,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
                f"{torch.get_num_threads()} threads")
     t2 = next((e for e in table if e["split"] == "held-out subjects"
                and e["task"] == "T1w->T2w"), None)
-    summary = (f"cpu-small, {stage1_info.step}+{info.step} CPU steps on the phantom (sites A–C) "
+    summary = (f"cpu-small, {'+'.join(map(str, steps_done))} CPU steps on the phantom (sites A–C) "
                "+ 3 BraTS cases + MNI152; not for clinical use"
                + (f"; held-out T1w→T2w {t2['psnr']:.1f} dB / SSIM {t2['ssim']:.3f}" if t2 else ""))
     out = {"command": "python benchmarks/default_model.py " + " ".join(sys.argv[1:]),
            "machine": machine, "seconds": time.perf_counter() - t0,
            "checkpoint": str(final), "stage1_steps": stage1_info.step,
-           "stage2_steps": info.step, "cases": result.cases, "excluded": result.excluded,
+           "fine_tune_steps": steps_done[1:], "cases": result.cases, "excluded": result.excluded,
            "table": table, "rows": [r.as_dict() for r in result.rows], "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(out, indent=1)))
@@ -115,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         f"`{out['command']}` on {machine}\n\n" + "\n".join(md) + "\n"))
     if not args.no_bundle:
         weights, _ = load_checkpoint(final)
-        card = {"summary": summary, "stages": [str(stage1), str(final)],
+        stages = [str(stage1)] + [str(i.path) for i in stage_infos]
+        card = {"summary": summary, "stages": stages,
                 "held_out": table, "model_card": "MODEL_CARD.md"}
         dest = default_model_path()
         with_card = args.work / "rtfsyn-default.safetensors"
-        save_checkpoint(with_card, weights, info.config, step=stage1_info.step + info.step,
+        save_checkpoint(with_card, weights, info.config, step=sum(steps_done),
                         info={**info.info, "card": card})
         atomic_write(dest, lambda tmp: shutil.copyfile(with_card, tmp))
         print(f"bundled {dest} ({dest.stat().st_size / 1e6:.1f} MB)")

@@ -113,7 +113,8 @@ def split_rows(rows: list[Any]) -> dict[str, list[Any]]:
 def render_markdown(result: dict[str, Any]) -> str:
     """The table (and robustness, efficiency) as markdown, for the README and notes."""
     lines = [f"`{result['command']}` on {result['machine']} "
-             f"({result['seconds'] / 60:.0f} min in all).", "",
+             f"({result['seconds'] / 60:.0f} min for this call; training time per model in "
+             "the last table — runs finished earlier are reused).", "",
              "| split | task | model | n | PSNR dB | SSIM | MAE | tissue err "
              "| Δ PSNR rtfsyn − this (p) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -132,13 +133,14 @@ def render_markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|---|"]
     lines += [f"| {e['model']} | {e['severity']} | {e['n']} | {e['psnr']:.2f} | "
               f"{e['drop_from_clean']:.2f} |" for e in result["robustness"]]
-    lines += ["", "| model | steps | params | GFLOP / window | s / 240×240×155 | peak MB |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| model | steps | training s | params | GFLOP / window | s / 240×240×155 "
+              "| peak MB |", "|---|---|---|---|---|---|---|"]
     for name, info in result["models"].items():
         eff = result["efficiency"].get(name, {})
         run = result["runs"].get(info.get("arch") or name, {})
         nan = float("nan")
         lines.append(f"| {info.get('arch')} | {run.get('steps', '')} | "
+                     f"{run.get('train_seconds_this_call', nan):.0f} | "
                      f"{info.get('params', 0) / 1e6:.2f} M | {eff.get('gflops', nan):.1f} | "
                      f"{eff.get('seconds', nan):.1f} | {eff.get('peak_mb', nan):.0f} |")
     return "\n".join(lines) + "\n"
