@@ -24,6 +24,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         r["seconds_vs_first"] = r["seconds"] / ref["seconds"]
         r["meets_60s_target"] = r["seconds"] <= 60.0
     cpu = platform.processor() or platform.machine()
-    result = {"command": "python benchmarks/synthesize_speed.py " + " ".join(argv or []),
+    cmd_args = sys.argv[1:] if argv is None else argv
+    result = {"command": " ".join(["python benchmarks/synthesize_speed.py", *cmd_args]),
               "machine": f"{platform.system()} {cpu}, {torch.get_num_threads()} threads",
               "shape": args.shape, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
