@@ -2,8 +2,9 @@
 
 Recipe (CPU, 2 cores; about 1.5 h in all):
 
-1. stage 1 — the ``rtfsyn`` run of ``benchmarks/paper_table.py`` (``train-cpu``, 700 steps
-   on the phantom cohort sites A–C + ``../shared/data/real``; SiteD held out);
+1. stage 1 — the ``rtfsyn`` run of ``benchmarks/paper_table.py`` found in ``--work``
+   (``train-cpu`` on the phantom cohort sites A–C + ``../shared/data/real``; SiteD held out;
+   the bundled model used ``python benchmarks/paper_table.py --steps 700 --archs rtfsyn``);
 2. stages 2, 3, … — fine-tune it with ``train-cpu`` for each of ``--steps`` more steps on the
    same data and split (``rtfsyn train --init-from`` the previous stage; a fresh warm-up and
    cosine schedule per stage), all contrast directions the data has;
