@@ -25,27 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
-TASKS = [("T1w", "T2w"), ("T1w", "FLAIR"), ("T1w", "PDw"), ("T1w", "T1Gd")]
-HOLDOUT_SITE = "SiteD"
+from _common import HOLDOUT_SITE, REAL, REPO, TASKS, command_line, machine, split_rows
 
 
 def summarize(rows: list[Any]) -> list[dict[str, Any]]:
     from rtfsyn.evaluation.stats import mean_std
 
     out = []
-    for split in ("held-out subjects", f"held-out site ({HOLDOUT_SITE})"):
-        rs = [r for r in rows if (r.site == HOLDOUT_SITE) == split.startswith("held-out site")]
+    for split, rs in split_rows(rows).items():
         for task in sorted({r.task for r in rs}):
             t = [r for r in rs if r.task == task]
             psnr, psnr_sd = mean_std([r.psnr for r in t])
@@ -99,15 +91,13 @@ def main(argv: list[str] | None = None) -> int:
 
     result = evaluate([final], data, TASKS, device=args.device, log=print)
     table = summarize(result.rows)
-    machine = (f"{platform.system()} {platform.processor() or platform.machine()}, "
-               f"{torch.get_num_threads()} threads")
     t2 = next((e for e in table if e["split"] == "held-out subjects"
                and e["task"] == "T1w->T2w"), None)
     summary = (f"cpu-small, {'+'.join(map(str, steps_done))} CPU steps on the phantom (sites A–C) "
                "+ 3 BraTS cases + MNI152; not for clinical use"
                + (f"; held-out T1w→T2w {t2['psnr']:.1f} dB / SSIM {t2['ssim']:.3f}" if t2 else ""))
-    out = {"command": "python benchmarks/default_model.py " + " ".join(sys.argv[1:]),
-           "machine": machine, "seconds": time.perf_counter() - t0,
+    out = {"command": command_line("default_model.py", argv), "machine": machine(),
+           "seconds": time.perf_counter() - t0,
            "checkpoint": str(final), "stage1_steps": stage1_info.step,
            "fine_tune_steps": steps_done[1:], "cases": result.cases, "excluded": result.excluded,
            "table": table, "rows": [r.as_dict() for r in result.rows], "summary": summary}
@@ -124,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
            for e in table]
     md_path = args.out.with_suffix(".md")
     atomic_write(md_path, lambda tmp: Path(tmp).write_text(
-        f"`{out['command']}` on {machine}\n\n" + "\n".join(md) + "\n"))
+        f"`{out['command']}` on {out['machine']}\n\n" + "\n".join(md) + "\n"))
     if not args.no_bundle:
         weights, _ = load_checkpoint(final)
         stages = [str(stage1)] + [str(i.path) for i in stage_infos]

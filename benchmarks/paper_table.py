@@ -26,25 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from _common import HOLDOUT_SITE, REAL, REPO, TASKS, command_line, machine, split_rows
 
-REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "data" / "real"
 ARCHS = ("rtfsyn", "crossattn", "unet3d")
-TASKS = [("T1w", "T2w"), ("T1w", "FLAIR"), ("T1w", "PDw"), ("T1w", "T1Gd")]
-HOLDOUT_SITE = "SiteD"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.system()} {cpu}, {torch.get_num_threads()} threads, {gpu}"
 
 
 def train_all(args: argparse.Namespace, data: list[Path]) -> dict[str, dict[str, Any]]:
@@ -103,11 +91,6 @@ def eval_cases(models: list[str], data: list[Path], per_site: int,
             cap = holdout if site == HOLDOUT_SITE else per_site if site else len(keys)
             chosen += sorted(keys)[:cap]
     return chosen
-
-
-def split_rows(rows: list[Any]) -> dict[str, list[Any]]:
-    return {"held-out subjects": [r for r in rows if r.site != HOLDOUT_SITE],
-            f"held-out site ({HOLDOUT_SITE})": [r for r in rows if r.site == HOLDOUT_SITE]}
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -203,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     clean.rows += robust.rows
     print("measuring efficiency (240x240x155 volume per model)", flush=True)
     measure_models(clean, (240, 240, 155), device=args.device)
-    cmd = "python benchmarks/paper_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("paper_table.py", argv)
     write_report(clean, args.out / "report", command=cmd, machine=machine())
 
     table: list[dict[str, Any]] = []

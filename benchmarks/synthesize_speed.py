@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from _common import REPO, command_line, machine
 
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("rtfsyn", "crossattn", "unet3d")
 
 
@@ -79,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["seconds_vs_first"] = r["seconds"] / ref["seconds"]
         r["meets_60s_target"] = r["seconds"] <= 60.0
-    cpu = platform.processor() or platform.machine()
-    cmd_args = sys.argv[1:] if argv is None else argv
-    result = {"command": " ".join(["python benchmarks/synthesize_speed.py", *cmd_args]),
-              "machine": f"{platform.system()} {cpu}, {torch.get_num_threads()} threads",
+    result = {"command": command_line("synthesize_speed.py", argv), "machine": machine(),
               "shape": args.shape, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")
