@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import torch
 
+import rtfsyn
 from _tiny import TINY_MODEL
 from rtfsyn.checkpoint import load_checkpoint, read_checkpoint_info
 from rtfsyn.errors import RtfsynError
@@ -40,10 +42,6 @@ def test_train_writes_run_and_validates(tiny_bids, tmp_path) -> None:
     assert len(info.info["train_cases"]) == 2 and len(info.info["val_cases"]) == 1
     assert not set(info.info["train_cases"]) & set(info.info["val_cases"])
     # end to end: the trained checkpoint synthesizes a subject on its own grid and affine
-    import nibabel as nib
-
-    import rtfsyn
-
     src = tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
     img = rtfsyn.synthesize(src, target="T2w", metadata="TR=4000,TE=90",
                             model=res.final_checkpoint, device="cpu")
