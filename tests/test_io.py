@@ -122,7 +122,7 @@ def test_save_refuses_input_and_is_atomic(tmp_path) -> None:
     with pytest.raises(RtfsynError, match="refusing to overwrite input"):
         io.save_nifti(img, src, protect=[src])
     assert src.read_bytes() == before
-    with pytest.raises(RtfsynError, match="already exists"):
+    with pytest.raises(RtfsynError, match="exists: pass --overwrite"):
         io.save_nifti(img, src, overwrite=False)
     out = io.save_nifti(np.zeros(img.shape, np.float32), tmp_path / "sub" / "o.nii.gz",
                         reference=img)
@@ -137,7 +137,7 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(nib, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RtfsynError, match="cannot write .*disk full"):
         io.save_nifti(img, tmp_path / "out" / "o.nii.gz")
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -206,3 +206,41 @@ def test_saved_file_has_umask_permissions(tmp_path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+
+
+# --------------------------------------------------------------------------- issue 13
+def test_text_file_named_nii_gz_says_not_nifti_gzip(tmp_path) -> None:
+    path = tmp_path / "notes.nii.gz"
+    path.write_text("hello, this is a text file\n" * 20)
+    with pytest.raises(InputImageError, match="not a NIfTI/gzip file") as info:
+        io.load_nifti(path)
+    assert "complete" not in str(info.value)
+
+
+def test_nibabel_log_lines_do_not_reach_the_terminal(tmp_path, capfd) -> None:
+    img = nib.Nifti1Image(np.ones((6, 7, 8), np.float32), None)
+    img.header["pixdim"][1:4] = [1.0, 0.0, 1.0]
+    img.set_sform(None, code=0)
+    img.set_qform(None, code=0)
+    path = tmp_path / "a.nii.gz"
+    nib.save(img, str(path))
+    capfd.readouterr()
+    with pytest.raises(InputImageError, match="include zero"):
+        io.load_nifti(path)
+    captured = capfd.readouterr()
+    assert "pixdim[1,2,3] should be non-zero" not in captured.err + captured.out
+
+
+def test_singular_affine_reports_the_affine(tmp_path) -> None:
+    import struct
+
+    path = tmp_path / "sing.nii"
+    nib.save(nib.Nifti1Image(np.ones((6, 7, 8), np.float32), np.eye(4)), str(path))
+    raw = bytearray(path.read_bytes())
+    raw[296:312] = struct.pack("<4f", 0, 0, 0, 0)  # srow_y = 0: the y axis has no size
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputImageError, match="affine is singular") as info:
+        io.load_nifti(path)
+    msg = str(info.value)
+    assert "rows: 1 0 0 0; 0 0 0 0; 0 0 1 0" in msg
+    assert "(1.0, 1.0, 1.0)" not in msg  # no longer "voxel sizes (1, 1, 1) include zero"

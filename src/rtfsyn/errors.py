@@ -22,3 +22,11 @@ class MetadataError(RtfsynError):
 
 class DatasetError(RtfsynError):
     """A dataset folder that does not match any supported layout."""
+
+
+class OutputPathError(RtfsynError):
+    """An output path that must not be written (an input, a sidecar, existing, unwritable…)."""
+
+
+class OutputWriteError(RtfsynError):
+    """Writing an output failed (disk full, permission changed, folder removed…)."""

@@ -18,7 +18,9 @@ import contextlib
 import gzip
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +29,20 @@ import numpy as np
 from nibabel import orientations as ornt
 from scipy import ndimage
 
-from rtfsyn.errors import InputImageError, RtfsynError
+from rtfsyn.errors import InputImageError, OutputPathError, OutputWriteError, RtfsynError
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "OutputGuard",
+    "active_guard",
+    "atomic_write",
     "from_canonical",
     "is_nifti_path",
     "load_nifti",
     "resample_to_reference",
     "resample_to_spacing",
     "save_nifti",
+    "sidecar_paths",
     "spacing_of",
     "to_canonical",
     "validate_image",
@@ -80,17 +86,14 @@ def load_nifti(path: str | Path, *, check_finite: bool = True) -> nib.Nifti1Imag
         raise InputImageError(f"{path}: cannot read ({exc.strerror})") from None
     is_gz = magic == _GZIP_MAGIC
     named_gz = str(path).lower().endswith(".gz")
+    if not is_gz and not _looks_like_nifti_header(path):
+        raise InputImageError(
+            f"{path}: not a NIfTI/gzip file (neither gzip-compressed nor a NIfTI header; is it "
+            "another file type renamed?)"
+        )
     try:
-        if is_gz == named_gz:
-            img = nib.load(str(path))
-            # force reading now so truncated files fail here, with the file named
-            data = np.asanyarray(img.dataobj)
-        else:
-            raw = path.read_bytes()
-            if is_gz:
-                raw = gzip.decompress(raw)
-            img = nib.Nifti1Image.from_bytes(raw)
-            data = np.asanyarray(img.dataobj)
+        with _quiet_nibabel():
+            img, data = _read_nifti(path, is_gz, named_gz)
     except Exception as exc:  # nibabel raises many exception types for corrupt files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputImageError(
@@ -104,14 +107,54 @@ def load_nifti(path: str | Path, *, check_finite: bool = True) -> nib.Nifti1Imag
         data = data[..., 0]
     elif data.ndim == 5 and data.shape[3:] == (1, 1):
         data = data[..., 0, 0]
-    header = img.header.copy()
-    header.set_data_shape(data.shape)
-    header.set_data_dtype(np.float32)
-    header.set_slope_inter(None, None)
-    out = nib.Nifti1Image(data, img.affine, header=header)
-    _copy_xforms(img, out)
+    with _quiet_nibabel():
+        header = img.header.copy()
+        header.set_data_shape(data.shape)
+        header.set_data_dtype(np.float32)
+        header.set_slope_inter(None, None)
+        out = nib.Nifti1Image(data, img.affine, header=header)
+        _copy_xforms(img, out)
     validate_image(out, path=path, check_finite=check_finite)
     return out
+
+
+def _read_nifti(path: Path, is_gz: bool, named_gz: bool) -> tuple[Any, np.ndarray]:
+    """Read header and data now (so truncated files fail here), also when misnamed."""
+    if is_gz == named_gz:
+        img = nib.load(str(path))
+        return img, np.asanyarray(img.dataobj)
+    raw = path.read_bytes()
+    if is_gz:
+        raw = gzip.decompress(raw)
+    img = nib.Nifti1Image.from_bytes(raw)
+    return img, np.asanyarray(img.dataobj)
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Keep nibabel's log lines and numpy warnings off the terminal: we report one line."""
+    from nibabel.imageglobals import logger
+
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was
+
+
+def _looks_like_nifti_header(path: Path) -> bool:
+    """True if an uncompressed file starts like a NIfTI-1/2 header (sizeof_hdr 348 or 540)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return True  # let the reader report it
+    if len(head) < 4:
+        return False
+    return any(int.from_bytes(head, order) in (348, 540) for order in ("little", "big"))
 
 
 def validate_image(
@@ -133,10 +176,10 @@ def validate_image(
         raise InputImageError(f"{where}affine contains NaN or Inf; fix the NIfTI header")
     sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if np.any(sizes < 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        zooms = tuple(round(float(z), 6) for z in img.header.get_zooms()[:3])
+        rows = "; ".join(" ".join(f"{v:g}" for v in row) for row in affine[:3])
         raise InputImageError(
-            f"{where}voxel sizes {zooms} include zero (singular affine); fix pixdim/sform in "
-            "the header"
+            f"{where}the voxel-to-world affine is singular (rows: {rows}), so a voxel axis has "
+            "no size; fix the sform/qform (or pixdim) in the header"
         )
     if check_finite:
         data = np.asanyarray(img.dataobj)
@@ -258,16 +301,10 @@ def save_nifti(
         overwrite: if False, an existing ``path`` is an error.
     """
     path = Path(path)
-    if not is_nifti_path(path):
-        raise RtfsynError(f"output {path} must end in .nii or .nii.gz")
-    target = path.resolve()
+    local = OutputGuard(overwrite=overwrite)
     for p in protect:
-        if Path(p).resolve() == target:
-            raise RtfsynError(
-                f"refusing to overwrite input file {path}: choose another output path"
-            )
-    if path.exists() and not overwrite:
-        raise RtfsynError(f"output {path} already exists: remove it or choose another path")
+        local.protect_input(p)
+    local.check(path, nifti=True)  # the active guard (if any) checks again in atomic_write
     if isinstance(data, nib.Nifti1Image):
         img = data
     elif reference is not None:
@@ -292,22 +329,151 @@ def _umask() -> int:
 def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = "") -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
-    A crash or error leaves ``path`` untouched and removes the temporary file. The final
-    file gets the usual permissions (``0o666`` minus the umask), not ``mkstemp``'s ``0o600``.
+    Every file rtfsyn writes goes through here. If an :class:`OutputGuard` is active
+    (``with guard:``), ``path`` is checked against it first. A crash, an error or Ctrl-C leaves
+    ``path`` untouched and removes the temporary file; an ``OSError`` (disk full, permission
+    changed, folder removed) becomes a one-line :class:`OutputWriteError`. The final file gets
+    the usual permissions (``0o666`` minus the umask), not ``mkstemp``'s ``0o600``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    guard = _GUARD.get()
+    if guard is not None:
+        guard.check(path)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
+                                   dir=path.parent)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        reason = exc.strerror or str(exc).splitlines()[0] or type(exc).__name__
+        raise OutputWriteError(
+            f"cannot write {path}: {reason}; nothing was written there (check free space and "
+            "permissions)"
+        ) from exc
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _remove_quietly(tmp)
         raise
     return path
+
+
+def _remove_quietly(tmp: str | None) -> None:
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- output guard
+_GUARD: ContextVar[OutputGuard | None] = ContextVar("rtfsyn_output_guard", default=None)
+
+
+def sidecar_paths(path: str | Path) -> list[Path]:
+    """The JSON sidecar name(s) that BIDS / rtfsyn would read as metadata of a NIfTI file."""
+    p = Path(path)
+    for suffix in NIFTI_SUFFIXES:
+        if p.name.lower().endswith(suffix):
+            return [p.with_name(p.name[: -len(suffix)] + ".json")]
+    return []
+
+
+class OutputGuard:
+    """The one check every output path goes through (images, provenance, panels, reports).
+
+    A path is refused if it is a protected file (an input, a metadata file passed in, or the
+    sidecar name of an input, existing or not), if it exists and ``overwrite`` is False, if
+    its folder cannot be written, or (with :meth:`plan`) if another output of the same run
+    already claimed it. Use :meth:`plan` while validating (before any work), and ``with
+    guard:`` around the work so that :func:`atomic_write` checks each write again.
+    """
+
+    def __init__(self, *, overwrite: bool = False) -> None:
+        self.overwrite = overwrite
+        self._protected: dict[Path, str] = {}
+        self._inodes: dict[tuple[int, int], str] = {}
+        self._planned: dict[Path, str] = {}
+        self._tokens: list[Any] = []
+
+    # ------------------------------------------------------------------ protection
+    def protect(self, path: str | Path | None, why: str | None = None) -> None:
+        """Never write ``path``; ``why`` completes "refusing to overwrite ..."."""
+        if path is None:
+            return
+        p = Path(path)
+        why = why or f"input file {p}"
+        self._protected.setdefault(_key(p), why)
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            self._inodes.setdefault((st.st_dev, st.st_ino), why)
+
+    def protect_input(self, path: str | Path) -> None:
+        """Protect an input image and its sidecar name (which is read as its metadata)."""
+        p = Path(path)
+        self.protect(p, f"input file {p}")
+        for side in sidecar_paths(p):
+            self.protect(side, f"{side}, the metadata sidecar of input {p.name}")
+
+    # ------------------------------------------------------------------ checks
+    def check(self, path: str | Path, *, nifti: bool = False) -> Path:
+        """Raise :class:`OutputPathError` (one line) if ``path`` must not be written."""
+        p = Path(path)
+        if nifti and not is_nifti_path(p):
+            ext = "".join(p.suffixes) or "no extension"
+            raise OutputPathError(
+                f"output {p} must end in .nii or .nii.gz (got {ext}): choose a NIfTI file name"
+            )
+        why = self._protected.get(_key(p))
+        if why is None:
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                why = self._inodes.get((st.st_dev, st.st_ino))
+        if why is not None:
+            raise OutputPathError(f"refusing to overwrite {why}: choose another output path")
+        if p.is_dir():
+            raise OutputPathError(f"output {p} is a folder: give a file name")
+        if p.exists() and not self.overwrite:
+            raise OutputPathError(f"output {p} exists: pass --overwrite or choose another path")
+        folder = p.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputPathError(f"cannot write {p}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputPathError(
+                f"cannot write {p}: folder {folder} is not writable; choose another output path"
+            )
+        return p
+
+    def plan(self, path: str | Path, *, nifti: bool = False, what: str = "") -> Path:
+        """:meth:`check` now, before any work, and claim ``path`` for this run."""
+        p = self.check(path, nifti=nifti)
+        key = _key(p)
+        if key in self._planned:
+            raise OutputPathError(
+                f"two outputs would be written to {p} ({self._planned[key]} and "
+                f"{what or 'another'}): rename an input or choose another output"
+            )
+        self._planned[key] = what or str(p)
+        return p
+
+    def __enter__(self) -> OutputGuard:
+        self._tokens.append(_GUARD.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _GUARD.reset(self._tokens.pop())
+
+
+def active_guard() -> OutputGuard | None:
+    """The :class:`OutputGuard` of the running command, if any."""
+    return _GUARD.get()
+
+
+def _key(path: Path) -> Path:
+    return Path(os.path.abspath(path)).resolve()
 
 
 # --------------------------------------------------------------------------- helpers
