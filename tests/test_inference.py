@@ -59,7 +59,10 @@ def test_output_at_requested_spacing(tmp_path, tiny_checkpoint) -> None:
 def test_python_api_accepts_image_and_dict(tmp_path, tiny_checkpoint) -> None:
     src = nib.load(str(_head(tmp_path / "a.nii.gz")))
     lm = load_model(tiny_checkpoint, "cpu")
-    img = rtfsyn.synthesize(src, target="T2w", metadata={"TE": 100, "TR": 4000}, model=lm)
+    with pytest.raises(MetadataError, match="cannot tell the source contrast"):
+        rtfsyn.synthesize(src, target="T2w", metadata={"TE": 100, "TR": 4000}, model=lm)
+    img = rtfsyn.synthesize(src, target="T2w", metadata={"TE": 100, "TR": 4000}, model=lm,
+                            source_contrast="T1w")
     assert img.shape == src.shape
 
 
@@ -73,3 +76,26 @@ def test_metadata_contrast_conflict(tmp_path, tiny_checkpoint) -> None:
 def test_missing_model(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="neither a file nor a known model name"):
         load_model(tmp_path / "nope.safetensors")
+
+
+def test_spacing_output_keeps_the_input_orientation(tmp_path, tiny_checkpoint) -> None:
+    """issue 13: ``spacing`` outputs were written in RAS; now input axis order/direction."""
+    aff = np.array([[0, 0, -2.0, 40], [-2.0, 0, 0, 30], [0, 2.0, 0, -20], [0, 0, 0, 1]])  # PSL
+    src = _head(tmp_path / "a_T1w.nii.gz", affine=aff)
+    res = synthesize_image(src, "T2w", model=tiny_checkpoint, spacing=1.0, device="cpu")
+    img = res.image
+    assert nib.aff2axcodes(img.affine) == nib.aff2axcodes(aff) == ("P", "S", "L")
+    assert np.allclose(io_spacing(img), 1.0)
+    assert img.shape == (60, 68, 52)  # the input's axis order, twice as many voxels
+    # same field of view: the world centre of the grid is unchanged
+    centre = lambda a, shape: a[:3, :3] @ ((np.array(shape) - 1) / 2) + a[:3, 3]  # noqa: E731
+    assert np.allclose(centre(img.affine, img.shape), centre(aff, (30, 34, 26)), atol=1e-4)
+    # the output says what its intensities are
+    assert b"0-1" in img.header["descrip"].tobytes()
+    assert res.provenance["source_contrast_from"] == "file name a_T1w.nii.gz"
+
+
+def io_spacing(img) -> tuple[float, ...]:
+    from rtfsyn import io
+
+    return io.spacing_of(img)

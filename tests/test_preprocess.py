@@ -54,3 +54,34 @@ def test_bounding_box_margin_clipped() -> None:
     m = np.zeros((10, 10, 10), bool)
     m[2:5, 3:4, 8:10] = True
     assert bounding_box(m, margin=2) == (slice(0, 7), slice(1, 6), slice(6, 10))
+
+
+# --------------------------------------------------------------------------- issue 13
+def test_skull_strip_warning_on_synthetic_heads() -> None:
+    from rtfsyn.preprocess import skull_strip_warning
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.indices((40, 40, 40), dtype=np.float32)
+    r = ((z - 19.5) / 12) ** 2 + ((y - 19.5) / 14) ** 2 + ((x - 19.5) / 10) ** 2
+    stripped = np.where(r <= 1, 500 + 100 * rng.random(r.shape), 0).astype(np.float32)
+    assert skull_strip_warning(stripped, brain_mask(stripped)) is None
+    head = stripped + np.where(r > 1, 5 + 5 * rng.random(r.shape), 0).astype(np.float32)
+    msg = skull_strip_warning(head, brain_mask(head))
+    assert msg is not None and "not skull-stripped" in msg
+    assert "--mask" in msg and "HD-BET" in msg and "SynthStrip" in msg and "BET" in msg
+
+
+def test_skull_strip_warning_on_real_scans(real_data) -> None:
+    from rtfsyn import io
+    from rtfsyn.preprocess import skull_strip_warning
+
+    def warn(path):
+        data = np.asarray(io.load_nifti(path).dataobj)
+        return skull_strip_warning(data, brain_mask(data))
+
+    mprage = real_data / "sidecar-example" / "5_anat-T1w_acq-tfl.nii.gz"
+    msg = warn(mprage)
+    assert msg is not None and "field of view" in msg
+    brats = real_data / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-t1n.nii.gz"
+    assert warn(brats) is None
+    assert warn(real_data / "MNI152-template" / "MNI152_T1_1mm_brain.nii.gz") is None

@@ -20,7 +20,7 @@ def test_synthesize_single_file_with_sidecar(capsys, tmp_path, tiny_checkpoint) 
                                 str(tiny_checkpoint), "-d", "cpu")
     assert code == 0, err
     assert nib.load(str(out)).shape == nib.load(str(src)).shape
-    prov = json.loads((tmp_path / "out" / "t2.json").read_text())
+    prov = json.loads((tmp_path / "out" / "t2.rtfsyn.json").read_text())
     assert prov["source_metadata"]["repetition_time"] == 2.3  # sidecar found beside input
     assert prov["target_metadata"]["echo_time"] == 0.09
     assert prov["device"] == "cpu" and prov["seconds"] > 0

@@ -10,12 +10,40 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from rtfsyn import __version__
 from rtfsyn.errors import RtfsynError
+
+try:  # typer >= 0.24 vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException as _ClickException
+
+def _plain_flags() -> None:
+    """Show boolean flags (``--overwrite``) in ``--help`` without a ``<bool>`` value.
+
+    typer >= 0.24 prints the type of every option, also of flags, which take no value;
+    ``--overwrite true`` then looks valid but fails.
+    """
+    from typer import core
+
+    option = getattr(core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if original is None or getattr(original, "_rtfsyn_plain_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._rtfsyn_plain_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich  # type: ignore[union-attr]
+
+
+_plain_flags()
 
 app = typer.Typer(
     name="rtfsyn",
@@ -146,15 +174,23 @@ def synthesize_cmd(
     model: str | None = typer.Option(
         None, "--model", help="Checkpoint or model name (default: bundled model)."
     ),
-    mask: Path | None = typer.Option(None, "--mask", help="Brain mask (default: non-zero)."),
+    mask: Path | None = typer.Option(
+        None, "--mask", help="Brain mask (default: the non-zero voxels of a skull-stripped "
+        "input)."
+    ),
     spacing: float | None = typer.Option(
-        None, "--spacing", help="Output voxel size in mm (default: the input grid)."
+        None, "--spacing", help="Output voxel size in mm, input orientation kept (default: "
+        "the input grid)."
     ),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, mps."),
     overlap: float = typer.Option(0.25, "--overlap", help="Sliding-window overlap [0, 0.9]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Batch mode: skip inputs whose output exists."
+        False, "--skip-existing", help="Skip inputs whose output exists (says so)."
+    ),
+    intensity_like: Path | None = typer.Option(
+        None, "--intensity-like", help="Scale the [0, 1] output to the intensity range of "
+        "this scan (a real scan of the target contrast)."
     ),
 ) -> None:
     """Synthesize a target contrast from a source NIfTI (or every NIfTI in a folder)."""
@@ -165,6 +201,7 @@ def synthesize_cmd(
         source_meta=source_meta, source_contrast=source_contrast, model=model, mask=mask,
         spacing=spacing, device=device, overlap=overlap, overwrite=overwrite,
         skip_existing=skip_existing, console=console, err_console=err_console,
+        intensity_like=intensity_like,
     )
     if code:
         raise typer.Exit(code)
@@ -338,15 +375,24 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("RTFSYN_DEBUG", "") not in ("", "0")
     _STATE["argv"] = args
     try:
-        app(args=args, prog_name="rtfsyn", standalone_mode=True)
+        # standalone_mode=False: click would turn Ctrl-C into "Aborted!" and exit 1
+        code = app(args=args, prog_name="rtfsyn", standalone_mode=False)
     except RtfsynError as exc:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+    except (KeyboardInterrupt, typer.Abort):
+        # temporary files are removed by atomic_write on the way out; nothing half-written
+        err_console.print("[yellow]interrupted[/] (Ctrl-C): no partial output was left",
+                          highlight=False)
         sys.exit(130)
+    except _ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,9 +11,11 @@ Pipeline for one image (:func:`synthesize`):
    implicit decoder is queried on the ``k``-times finer grid ``G`` (block-aligned, so voxel
    ``i`` of the output is exactly voxel ``i`` of ``G``);
 6. paste back, zero outside the mask, undo the reorientation; the result has the input's
-   affine and header (or the resampled grid's affine with ``spacing``).
+   affine and header (with ``spacing``: the input's orientation and field of view, resampled
+   to ``spacing`` mm; the axis order and directions stay those of the input).
 
-Output intensities are in the normalised [0, 1] range of the training data.
+Output intensities are in the normalised [0, 1] range of the training data (also written in
+the NIfTI ``descrip``); ``rtfsyn synthesize --intensity-like REF`` rescales them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from rtfsyn import __version__, io
 from rtfsyn.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
 from rtfsyn.errors import MetadataError, RtfsynError
 from rtfsyn.metadata import Metadata
-from rtfsyn.preprocess import bounding_box, brain_mask, robust_normalize
+from rtfsyn.preprocess import (
+    bounding_box,
+    brain_mask,
+    robust_normalize,
+    skull_strip_warning,
+)
 
 __all__ = [
     "LoadedModel",
@@ -266,6 +273,7 @@ def synthesize_image(
     from rtfsyn.device import resolve_device
 
     t0 = time.perf_counter()
+    warnings_: list[str] = []
     src_path: Path | None = None
     if isinstance(image, (str, Path)):
         src_path = Path(image)
@@ -281,12 +289,7 @@ def synthesize_image(
     assert tgt_meta is not None
     if source_metadata is None and src_path is not None:
         source_metadata = find_sidecar(src_path)
-    if source_metadata is None and source_contrast is None:
-        source_contrast = _contrast_from_name(src_path) if src_path else None
-        if source_contrast is None:
-            source_contrast = "T1w"
-    src_meta = as_metadata(source_metadata, source_contrast, "source")
-    assert src_meta is not None
+    src_meta, contrast_from = resolve_source_metadata(source_metadata, source_contrast, src_path)
     if src_meta.voxel_size is None:
         src_meta = src_meta.with_updates(voxel_size=tuple(round(v, 4) for v in io.spacing_of(img)))
     if tgt_meta.voxel_size is None:
@@ -298,8 +301,9 @@ def synthesize_image(
     else:
         lm = load_model(model, resolve_device(device))
 
-    canon = io.to_canonical(img)
-    grid = canon if spacing is None else io.resample_to_spacing(canon, spacing)
+    # resample in the input's own orientation, so the output keeps its axis order/direction
+    base = img if spacing is None else io.resample_to_spacing(img, spacing)
+    grid = io.to_canonical(base)
     data = np.asarray(grid.dataobj, dtype=np.float32)
     if mask is not None:
         mimg = io.load_nifti(mask) if not isinstance(mask, nib.Nifti1Image) else mask
@@ -309,6 +313,9 @@ def synthesize_image(
             raise RtfsynError("the given mask is empty on the input grid: check that it matches")
     else:
         bmask = brain_mask(data)
+        skull = skull_strip_warning(data, bmask)
+        if skull:
+            warnings_.append(skull)
     norm, (lo, hi) = robust_normalize(data, bmask)
     k = block_factors(io.spacing_of(grid), lm.spacing)
     box = bounding_box(bmask, margin=4)
@@ -319,10 +326,8 @@ def synthesize_image(
     out = np.zeros(data.shape, np.float32)
     out[box] = pred
     out[~bmask] = 0.0
-    if spacing is None:
-        result = io.from_canonical(out, img)
-    else:
-        result = io.like(out, grid)
+    result = io.from_canonical(out, base)
+    result.header["descrip"] = describe_output(tgt_meta.contrast.value)
     seconds = time.perf_counter() - t0
     prov = {
         "rtfsyn_version": __version__,
@@ -338,7 +343,9 @@ def synthesize_image(
         "spacing": None if spacing is None else list(io.spacing_of(grid)),
         "work_factors": list(k),
         "source_intensity_range": [lo, hi],
-        "output_units": "normalised [0, 1] (0.5-99.5 percentile in the brain)",
+        "output_units": OUTPUT_UNITS,
+        "source_contrast_from": contrast_from,
+        "warnings": warnings_,
         "seconds": round(seconds, 3),
     }
     return SynthesisResult(result, prov)
@@ -370,6 +377,55 @@ def synthesize(
     return synthesize_image(image, target, metadata, model=model, **kwargs).image
 
 
+OUTPUT_UNITS = "normalised [0, 1] (0.5-99.5 percentile of the source in the brain)"
+
+
+def describe_output(contrast: str, scale: str = "intensity 0-1 (normalised)") -> str:
+    """The NIfTI ``descrip`` of a synthesized image (at most 79 characters)."""
+    return f"rtfsyn {__version__} synthetic {contrast}, {scale}"[:79]
+
+
+def resolve_source_metadata(
+    value: Metadata | str | dict | Path | None,
+    source_contrast: str | None,
+    src_path: Path | None,
+) -> tuple[Metadata, str]:
+    """Source metadata and where its contrast came from (``-s``, sidecar, string, file name).
+
+    The contrast is taken, in this order, from ``source_contrast`` (``-s``), the metadata
+    (a sidecar's name / ``BidsGuess`` / series description, or ``contrast=`` in a string),
+    then the input's file name. If nothing says it, a :class:`MetadataError` asks for ``-s``.
+    """
+    name = src_path.name if src_path is not None else "the input image"
+    if source_contrast is not None:
+        meta = as_metadata(value, source_contrast, "source")
+        assert meta is not None
+        return meta, "-s/--source-contrast"
+    from_name = _contrast_from_name(src_path)
+    if isinstance(value, Metadata):
+        return value, "the given source metadata"
+    if isinstance(value, dict) and value.get("contrast"):
+        return Metadata.from_dict(value), "the given source metadata"
+    if isinstance(value, Path) or (isinstance(value, str) and value.endswith(".json")):
+        try:
+            return Metadata.from_sidecar(value), f"sidecar {Path(value).name}"
+        except MetadataError as exc:
+            if from_name is None or "cannot tell the contrast" not in str(exc):
+                raise
+        meta = Metadata.from_sidecar(value, contrast=from_name)
+        return meta, f"file name {name}"
+    if isinstance(value, str) and "contrast" in value.lower():
+        return Metadata.from_string(value), "--source-meta"
+    if from_name is None:
+        raise MetadataError(
+            f"cannot tell the source contrast of {name}: neither its name nor a sidecar says "
+            "it; pass -s/--source-contrast (T1w, T1Gd, T2w, FLAIR or PDw)"
+        )
+    meta = as_metadata(value, from_name, "source")
+    assert meta is not None
+    return meta, f"file name {name}"
+
+
 def _contrast_from_name(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -379,8 +435,16 @@ def _contrast_from_name(path: Path | None) -> str | None:
     return kind if kind not in (None, "mask", "labels") else None
 
 
+def provenance_path(out: str | Path) -> Path:
+    """``OUT.rtfsyn.json`` beside ``OUT.nii.gz``: never the BIDS sidecar name ``OUT.json``."""
+    from rtfsyn.data.cases import strip_nii
+
+    out = Path(out)
+    return out.with_name(strip_nii(out.name) + ".rtfsyn.json")
+
+
 def write_provenance(path: Path, provenance: dict[str, Any]) -> Path:
-    """Write ``OUT.json`` beside ``OUT.nii.gz`` atomically."""
+    """Write the provenance JSON (``OUT.rtfsyn.json``, see :func:`provenance_path`) atomically."""
     from rtfsyn.checkpoint import atomic_write
 
     def _write(tmp: str) -> None:

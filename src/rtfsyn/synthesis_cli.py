@@ -1,5 +1,6 @@
 """``rtfsyn synthesize``: single-file and batch (folder) synthesis with progress and provenance.
 
+Every output path is validated before the model is loaded (see :class:`rtfsyn.io.OutputGuard`).
 Batch mode loads the model once, reports each failing input on one line and goes on; the
 command exits with 1 if any input failed (naming them), 0 otherwise.
 """
@@ -7,14 +8,17 @@ command exits with 1 if any input failed (naming them), 0 otherwise.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import nibabel as nib
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from rtfsyn import io
-from rtfsyn.errors import RtfsynError
+from rtfsyn.errors import OutputPathError, RtfsynError
 
-__all__ = ["output_path_for", "run_synthesize"]
+__all__ = ["output_path_for", "provenance_path", "run_synthesize"]
 
 
 def output_path_for(src: Path, target: str, out_dir: Path) -> Path:
@@ -25,10 +29,10 @@ def output_path_for(src: Path, target: str, out_dir: Path) -> Path:
 
 
 def provenance_path(out: Path) -> Path:
-    """``OUT.json`` beside ``OUT.nii.gz``."""
-    from rtfsyn.data.cases import strip_nii
+    """``OUT.rtfsyn.json`` beside ``OUT.nii.gz`` (never a BIDS sidecar name)."""
+    from rtfsyn.inference import provenance_path as _prov
 
-    return out.with_name(strip_nii(out.name) + ".json")
+    return _prov(out)
 
 
 def run_synthesize(
@@ -49,11 +53,17 @@ def run_synthesize(
     skip_existing: bool,
     console: Console,
     err_console: Console,
+    intensity_like: Path | None = None,
 ) -> int:
-    """Run the command; returns the exit code."""
+    """Run the command; returns the exit code.
+
+    Every output path (image and ``OUT.rtfsyn.json``) is validated before the model is
+    loaded: a NIfTI name, a writable folder, not an input / mask / metadata file / sidecar of
+    an input, not existing unless ``overwrite``, not claimed by two inputs of a batch.
+    """
     from rtfsyn.device import resolve_device
     from rtfsyn.inference import as_metadata, load_model, synthesize_image, write_provenance
-    from rtfsyn.metadata import Metadata
+    from rtfsyn.metadata import normalize_contrast
 
     if not input.exists():
         raise RtfsynError(f"input {input} does not exist")
@@ -69,13 +79,30 @@ def run_synthesize(
     target_meta = as_metadata(meta_file if meta_file is not None else meta, target, "target")
     assert target_meta is not None
     tname = target_meta.contrast.value
-    src_meta_arg: Metadata | Path | None = None
+    if source_contrast is not None:
+        source_contrast = normalize_contrast(source_contrast)
+    src_meta_arg: Path | str | None = None
     if source_meta and source_meta.lower().endswith(".json"):
         src_meta_arg = Path(source_meta)
         if not src_meta_arg.is_file():
             raise RtfsynError(f"--source-meta {source_meta} does not exist")
     elif source_meta:
-        src_meta_arg = Metadata.from_string(source_meta)
+        src_meta_arg = source_meta
+        # check the string now; its contrast may come from -s or, per input, from the name
+        has_contrast = "contrast" in source_meta.lower() or source_contrast is not None
+        as_metadata(source_meta, source_contrast or ("T1w" if not has_contrast else None),
+                    "source")
+    for name, path in (("--mask", mask), ("--intensity-like", intensity_like)):
+        if path is not None and not path.is_file():
+            raise RtfsynError(f"{name} {path} does not exist")
+
+    guard = io.OutputGuard(overwrite=overwrite)
+    for path in (mask, meta_file, intensity_like,
+                 src_meta_arg if isinstance(src_meta_arg, Path) else None):
+        if path is not None:
+            guard.protect(path, f"{path}, given as an input of this command")
+    if model is not None and Path(model).is_file():
+        guard.protect(Path(model), f"the model file {model}")
 
     if input.is_dir():
         inputs = sorted(p for p in input.iterdir() if io.is_nifti_path(p) and p.is_file())
@@ -91,10 +118,18 @@ def run_synthesize(
             out = output_path_for(input, tname, out)
         jobs = [(input, out)]
         io.load_nifti(input)  # fail fast, before the model is loaded
-        if out.exists() and not overwrite and not skip_existing:
-            raise RtfsynError(f"output {out} exists: pass --overwrite or choose another -o")
-        if out.resolve() == input.resolve():
-            raise RtfsynError(f"refusing to overwrite input file {input}: choose another -o")
+    for src, _ in jobs:
+        guard.protect_input(src)
+    jobs, skipped = _plan_outputs(jobs, guard, skip_existing=skip_existing and not overwrite,
+                                  err_console=err_console)
+    if not jobs:
+        console.print(f"nothing to do: {skipped} output(s) exist (--skip-existing)")
+        return 0
+    ref_range = None
+    if intensity_like is not None:
+        from rtfsyn.preprocess import intensity_range
+
+        ref_range = intensity_range(np.asarray(io.load_nifti(intensity_like).dataobj))
     protected = [src for src, _ in jobs] + ([mask] if mask else [])
 
     dev = resolve_device(device)
@@ -104,24 +139,13 @@ def run_synthesize(
         highlight=False,
     )
     failures: list[tuple[Path, str]] = []
-    done = skipped = 0
+    done = 0
     columns = [TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with guard, Progress(*columns, console=err_console, transient=True) as bar:
         overall = bar.add_task("cases", total=len(jobs), visible=len(jobs) > 1)
         for src, out in jobs:
-            if out.exists() and not overwrite:
-                if skip_existing:
-                    skipped += 1
-                    bar.advance(overall)
-                    continue
-                msg = f"output {out} exists: pass --overwrite or --skip-existing"
-                if len(jobs) == 1:
-                    raise RtfsynError(msg)
-                failures.append((src, msg))
-                bar.advance(overall)
-                continue
             win = bar.add_task(f"{src.name} → {tname}", total=None)
 
             def report(i: int, n: int, win: int = win) -> None:
@@ -133,20 +157,29 @@ def run_synthesize(
                     source_contrast=source_contrast, model=lm, mask=mask, spacing=spacing,
                     overlap=overlap, progress=report,
                 )
-                io.save_nifti(result.image, out, protect=protected)
-                write_provenance(provenance_path(out), {**result.provenance, "output": str(out)})
+                prov = result.provenance
+                err_console.print(
+                    f"{src.name}: source contrast {prov['source_metadata']['contrast']} (from "
+                    f"{prov['source_contrast_from']})", highlight=False, soft_wrap=True)
+                for warning in prov.get("warnings", []):
+                    err_console.print(f"[yellow]warning:[/] {src.name}: {warning}",
+                                      highlight=False, soft_wrap=True)
+                image = result.image
+                if ref_range is not None:
+                    image, prov = _scale_like(image, prov, ref_range, intensity_like)
+                io.save_nifti(image, out, protect=protected, overwrite=overwrite)
+                write_provenance(provenance_path(out), {**prov, "output": str(out)})
                 done += 1
-                console.print(f"wrote {out} ({result.provenance['seconds']:.1f} s)",
-                              highlight=False)
+                console.print(f"wrote {out} ({prov['seconds']:.1f} s)", highlight=False)
             except RtfsynError as exc:
-                if len(jobs) == 1:
+                if len(jobs) == 1 and not skipped:
                     raise
                 failures.append((src, str(exc)))
                 err_console.print(f"[red]failed[/] {src}: {exc}", highlight=False)
             finally:
                 bar.remove_task(win)
                 bar.advance(overall)
-    if len(jobs) > 1:
+    if len(jobs) + skipped > 1:
         console.print(f"{done} written, {skipped} skipped, {len(failures)} failed")
     if failures:
         names = ", ".join(p.name for p, _ in failures)
@@ -154,3 +187,52 @@ def run_synthesize(
                           highlight=False, soft_wrap=True)
         return 1
     return 0
+
+
+def _plan_outputs(
+    jobs: list[tuple[Path, Path]], guard: io.OutputGuard, *, skip_existing: bool,
+    err_console: Console,
+) -> tuple[list[tuple[Path, Path]], int]:
+    """Validate every output (image + provenance) before any work; drop skipped ones.
+
+    Raises one :class:`OutputPathError` naming the first bad output (and how many more).
+    """
+    kept: list[tuple[Path, Path]] = []
+    errors: list[str] = []
+    skipped = 0
+    for src, out in jobs:
+        if skip_existing and out.exists():
+            skipped += 1
+            err_console.print(f"skipped {src.name}: {out} exists (--skip-existing)",
+                              highlight=False, soft_wrap=True)
+            continue
+        try:
+            guard.plan(out, nifti=True, what=f"the output of {src.name}")
+            guard.plan(provenance_path(out), what=f"the provenance of {src.name}")
+        except OutputPathError as exc:
+            errors.append(str(exc))
+            continue
+        kept.append((src, out))
+    if errors:
+        more = f" (and {len(errors) - 1} more output(s))" if len(errors) > 1 else ""
+        hint = "; pass --skip-existing to skip them" if any(
+            "exists" in e for e in errors) and len(jobs) > 1 else ""
+        raise OutputPathError(f"{errors[0]}{more}{hint}; nothing was synthesized")
+    return kept, skipped
+
+
+def _scale_like(image: nib.Nifti1Image, prov: dict[str, Any], ref_range: tuple[float, float],
+                ref: Path | None) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """Map the [0, 1] brain intensities linearly to a reference scan's 0.5–99.5 % range."""
+    from rtfsyn.inference import describe_output
+
+    lo, hi = ref_range
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    inside = data > 0
+    scaled = np.where(inside, lo + data * (hi - lo), 0.0).astype(np.float32)
+    out = io.like(scaled, image)
+    contrast = prov.get("target_metadata", {}).get("contrast", "")
+    out.header["descrip"] = describe_output(contrast, f"scaled like {Path(str(ref)).name}")
+    units = f"scanner-like: [0, 1] mapped linearly to [{lo:.6g}, {hi:.6g}], the 0.5-99.5 " \
+            f"percentile range of {ref} in its brain"
+    return out, {**prov, "output_units": units, "intensity_like": str(ref)}
