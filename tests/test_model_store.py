@@ -48,3 +48,17 @@ def test_models_and_import_cli(capsys, home, tiny_checkpoint, tmp_path) -> None:
     assert "t1" in stdout and "home" in stdout
     code, _, err = run_cli(capsys, "import-weights", str(tmp_path / "missing.safetensors"))
     assert code != 0 and "missing.safetensors" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- issue 13
+def test_import_refuses_bundled_names_and_corrupt_weights(home, tiny_checkpoint,
+                                                          capsys) -> None:
+    from test_checkpoint import _flip_a_weight_bit
+
+    with pytest.raises(RtfsynError, match="name of a bundled model"):
+        import_weights(tiny_checkpoint, name="rtfsyn-default")
+    assert [e.name for e in list_models()].count("rtfsyn-default") == 1
+    _flip_a_weight_bit(tiny_checkpoint)
+    code, _, err = run_cli(capsys, "import-weights", str(tiny_checkpoint), "--name", "flipped")
+    assert code == 2 and "SHA-256" in err and len(err.strip().splitlines()) == 1
+    assert not (home / "models" / "flipped.safetensors").exists()

@@ -70,3 +70,262 @@ def test_synthesize_bad_inputs(capsys, tmp_path, tiny_checkpoint) -> None:
     code, _, err = run_cli(capsys, "synthesize", "-i", str(four_d), "-t", "T2w", "--meta",
                            "TE=90000", "--model", str(tiny_checkpoint), "-d", "cpu")
     assert code == 2 and "echo_time=90 s is out of range" in err
+
+
+# --------------------------------------------------------------------------- issue 13
+import hashlib  # noqa: E402
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """Skip the network's forward pass (the CLI plumbing is what these tests check)."""
+    import rtfsyn.inference as inference
+
+    monkeypatch.setattr(inference, "predict_volume", lambda lm, src, *a, **k: src.copy())
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the model is loaded: validation must happen before it."""
+    import rtfsyn.inference as inference
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were validated")
+
+    monkeypatch.setattr(inference, "load_model", boom)
+
+
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _leftovers(folder) -> list[str]:
+    return [p.name for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def test_metadata_file_named_like_output_is_never_replaced(capsys, tmp_path, tiny_checkpoint,
+                                                           fast) -> None:
+    src = _head(tmp_path / "in_T1w.nii.gz")
+    protocol = tmp_path / "sub-01_T2w.json"
+    protocol.write_text(json.dumps({"RepetitionTime": 4.0, "EchoTime": 0.09}))
+    before = _md5(protocol)
+    out = tmp_path / "sub-01_T2w.nii.gz"
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-m", str(protocol), "-o",
+                           str(out), "--model", str(tiny_checkpoint), "-d", "cpu")
+    assert code == 0, err
+    assert _md5(protocol) == before  # the user's protocol file is untouched
+    prov = json.loads((tmp_path / "sub-01_T2w.rtfsyn.json").read_text())
+    assert prov["output"] == str(out)
+
+
+def test_output_beside_input_never_writes_its_sidecar(capsys, tmp_path, tiny_checkpoint,
+                                                      fast) -> None:
+    src = _head(tmp_path / "small_T1w.nii.gz")
+    sidecar = tmp_path / "small_T1w.json"
+    sidecar.write_text(json.dumps({"RepetitionTime": 2.3, "EchoTime": 0.003}))
+    before = _md5(sidecar)
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o",
+                           str(tmp_path / "small_T1w.nii"), "--model", str(tiny_checkpoint),
+                           "-d", "cpu")
+    assert code == 0, err
+    assert _md5(sidecar) == before
+    assert (tmp_path / "small_T1w.rtfsyn.json").exists()
+
+
+def test_output_guard_refusals(tmp_path, monkeypatch) -> None:
+    from rtfsyn import io
+    from rtfsyn.errors import OutputPathError
+
+    src = _head(tmp_path / "a_T1w.nii.gz")
+    guard = io.OutputGuard()
+    guard.protect_input(src)
+    with pytest.raises(OutputPathError, match="refusing to overwrite input file"):
+        guard.check(src)
+    # the sidecar name of an input is refused even when it does not exist yet
+    with pytest.raises(OutputPathError, match="metadata sidecar of input a_T1w.nii.gz"):
+        guard.check(tmp_path / "a_T1w.json")
+    with pytest.raises(OutputPathError, match=r"must end in \.nii or \.nii\.gz \(got \.png\)"):
+        guard.check(tmp_path / "y.png", nifti=True)
+    (tmp_path / "x.nii.gz").write_text("old")
+    with pytest.raises(OutputPathError, match="exists: pass --overwrite"):
+        guard.check(tmp_path / "x.nii.gz")
+    guard.plan(tmp_path / "o.nii.gz", what="the output of a")
+    with pytest.raises(OutputPathError, match="two outputs would be written"):
+        guard.plan(tmp_path / "o.nii.gz", what="the output of b")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        guard.check(tmp_path / "file" / "o.nii.gz")
+    monkeypatch.setattr(io, "_writable", lambda folder: False)  # root ignores chmod in CI
+    with pytest.raises(OutputPathError, match="is not writable"):
+        guard.check(tmp_path / "new" / "o.nii.gz")
+    # an active guard checks every atomic write, whatever wrote it
+    with guard, pytest.raises(OutputPathError, match="metadata sidecar"):
+        io.atomic_write(tmp_path / "a_T1w.json", lambda tmp: None)
+
+
+def test_bad_outputs_fail_before_the_model_loads(capsys, tmp_path, tiny_checkpoint,
+                                                 no_model, monkeypatch) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz")
+    args = ("synthesize", "-i", str(src), "-t", "T2w", "--model", str(tiny_checkpoint))
+    code, _, err = run_cli(capsys, *args, "-o", str(tmp_path / "y.png"))
+    assert code == 2 and "must end in .nii or .nii.gz" in err and len(err.splitlines()) == 1
+    (tmp_path / "ro").write_text("")  # a file where the folder should be
+    code, _, err = run_cli(capsys, *args, "-o", str(tmp_path / "ro" / "o.nii.gz"))
+    assert code == 2 and "not a folder" in err and len(err.splitlines()) == 1
+    from rtfsyn import io
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "_writable", lambda folder: False)  # a read-only folder
+        code, _, err = run_cli(capsys, *args, "-o", str(tmp_path / "out" / "o.nii.gz"))
+    assert code == 2 and "is not writable" in err and "Traceback" not in err
+    # batch: two inputs that map to one output are refused before any work
+    folder = tmp_path / "batch"
+    _head(folder / "b_T1w.nii.gz")
+    _head(folder / "b_T1w.nii")
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(folder), "-t", "T2w", "-o",
+                           str(tmp_path / "bout"), "--model", str(tiny_checkpoint))
+    assert code == 2 and "two outputs would be written" in err
+    # batch: an existing output is refused up front (or skipped with --skip-existing)
+    (tmp_path / "bout2").mkdir()
+    (folder / "b_T1w.nii").unlink()
+    (tmp_path / "bout2" / "b_T1w_synth-T2w.nii.gz").write_text("old")
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(folder), "-t", "T2w", "-o",
+                           str(tmp_path / "bout2"), "--model", str(tiny_checkpoint))
+    assert code == 2 and "exists" in err and "--skip-existing" in err
+
+
+def test_write_error_mid_run_is_one_line_and_leaves_no_temp(capsys, tmp_path, tiny_checkpoint,
+                                                            fast, monkeypatch) -> None:
+    import errno
+    import shutil
+
+    import rtfsyn.inference as inference
+
+    src = _head(tmp_path / "a_T1w.nii.gz")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    real_load = inference.load_model
+
+    def load_then_break_folder(*args, **kwargs):
+        lm = real_load(*args, **kwargs)
+        shutil.rmtree(out_dir)  # the folder disappears after validation ...
+        out_dir.write_text("")  # ... and a file takes its name: writing there must fail
+        return lm
+
+    monkeypatch.setattr(inference, "load_model", load_then_break_folder)
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o",
+                           str(out_dir / "o.nii.gz"), "--model", str(tiny_checkpoint), "-d", "cpu")
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code != 0 and len(lines) == 1 and "cannot write" in lines[0]
+    assert "Traceback" not in err and _leftovers(tmp_path) == []
+    monkeypatch.setattr(inference, "load_model", real_load)
+
+    def disk_full(img, filename):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(nib, "save", disk_full)
+    out = tmp_path / "o2" / "o.nii.gz"
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o", str(out),
+                           "--model", str(tiny_checkpoint), "-d", "cpu")
+    assert code != 0 and "No space left on device" in err and "Traceback" not in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_ctrl_c_is_one_line_exit_130_and_removes_temp_files(capsys, tmp_path, tiny_checkpoint,
+                                                             fast, monkeypatch) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz")
+
+    def interrupted(img, filename):
+        with open(filename, "wb") as fh:
+            fh.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", interrupted)
+    out = tmp_path / "out" / "o.nii.gz"
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o", str(out),
+                           "--model", str(tiny_checkpoint), "-d", "cpu")
+    assert code == 130
+    assert "interrupted" in err and "Aborted" not in err and "Traceback" not in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_skip_existing_single_file_says_it_skipped(capsys, tmp_path, tiny_checkpoint,
+                                                   no_model) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz")
+    out = tmp_path / "o.nii.gz"
+    out.write_text("old")
+    code, stdout, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o",
+                                str(out), "--skip-existing", "--model", str(tiny_checkpoint))
+    assert code == 0 and "skipped" in err and str(out) in err
+    assert out.read_text() == "old"
+
+
+def test_source_contrast_is_reported_or_refused(capsys, tmp_path, tiny_checkpoint,
+                                                fast) -> None:
+    scan = _head(tmp_path / "scan.nii.gz")
+    args = ("--model", str(tiny_checkpoint), "-d", "cpu")
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(scan), "-t", "T2w", *args)
+    assert code == 2 and "cannot tell the source contrast of scan.nii.gz" in err
+    assert "-s" in err and not list(tmp_path.glob("*synth*"))
+    # -s is used as the contrast of a --source-meta string that has none
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(scan), "-t", "T2w", "--source-meta",
+                           "TR=2300,TE=3", "-s", "T1w", *args)
+    assert code == 0, err
+    assert "source contrast T1w (from -s/--source-contrast)" in err
+    prov = json.loads((tmp_path / "scan_synth-T2w.rtfsyn.json").read_text())
+    assert prov["source_metadata"]["contrast"] == "T1w"
+    assert prov["source_metadata"]["repetition_time"] == 2.3
+    # the file name is reported as the source of the guess
+    named = _head(tmp_path / "sub-02_FLAIR.nii.gz")
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(named), "-t", "T2w", *args)
+    assert code == 0, err
+    assert "source contrast FLAIR (from file name sub-02_FLAIR.nii.gz)" in err
+
+
+def test_unstripped_head_warns_with_the_fix(capsys, tmp_path, tiny_checkpoint, fast) -> None:
+    rng = np.random.default_rng(0)
+    img = nib.load(str(_head(tmp_path / "h.nii.gz")))
+    data = np.asarray(img.dataobj)
+    data = np.where(data > 0, data, 5 + 5 * rng.random(data.shape)).astype(np.float32)
+    src = tmp_path / "head_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), str(src))
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "--model",
+                           str(tiny_checkpoint), "-d", "cpu")
+    assert code == 0, err
+    assert "warning:" in err and "not skull-stripped" in err
+    assert "--mask" in err and "HD-BET" in err
+
+
+def test_intensity_like_and_descrip(capsys, tmp_path, tiny_checkpoint, fast) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz")
+    ref = _head(tmp_path / "ref_T2w.nii.gz", seed=3)
+    args = ("synthesize", "-i", str(src), "-t", "T2w", "--model", str(tiny_checkpoint),
+            "-d", "cpu")
+    code, _, err = run_cli(capsys, *args, "-o", str(tmp_path / "n.nii.gz"))
+    assert code == 0, err
+    norm = nib.load(str(tmp_path / "n.nii.gz"))
+    assert float(np.max(norm.dataobj)) <= 1.0
+    assert b"0-1" in norm.header["descrip"].tobytes()
+    code, _, err = run_cli(capsys, *args, "-o", str(tmp_path / "s.nii.gz"), "--intensity-like",
+                           str(ref))
+    assert code == 0, err
+    scaled = nib.load(str(tmp_path / "s.nii.gz"))
+    data = np.asarray(scaled.dataobj)
+    ref_data = np.asarray(nib.load(str(ref)).dataobj)
+    lo, hi = np.percentile(ref_data[ref_data > 0], [0.5, 99.5])
+    inside = data > 0
+    assert data[inside].min() >= lo - 1e-3 and data[inside].max() <= hi + 1e-3
+    assert data[inside].max() > 0.9 * hi  # scanner-like range, not [0, 1]
+    assert b"scaled like ref_T2w" in scaled.header["descrip"].tobytes()
+    prov = json.loads((tmp_path / "s.rtfsyn.json").read_text())
+    assert "ref_T2w" in prov["output_units"]
+
+
+def test_boolean_flags_are_plain_in_help(capsys) -> None:
+    code, stdout, _ = run_cli(capsys, "synthesize", "--help")
+    assert code == 0 and "--overwrite" in stdout and "<bool>" not in stdout

@@ -1,8 +1,11 @@
 """Self-describing checkpoints (nanoGPT style) and resumable training state.
 
 A **checkpoint** is one ``.safetensors`` file: the model weights plus string metadata
-``format``, ``rtfsyn_version``, ``config`` (the model config as JSON), ``step`` and optional
-``info`` (JSON: training data, metrics, card summary). Loading it never unpickles anything.
+``format``, ``rtfsyn_version``, ``config`` (the model config as JSON), ``step``, optional
+``info`` (JSON: training data, metrics, card summary) and ``weights_sha256`` (a digest of
+every tensor's name, dtype, shape and bytes, see :func:`weights_digest`). Loading it never
+unpickles anything; it checks the digest (checkpoints written before it existed have none
+and still load) and that every weight is finite, and refuses with one line otherwise.
 
 A **training state** (``*.state.pt``, written beside the checkpoint by the trainer) holds the
 optimizer, scheduler, EMA and RNG states; it contains only tensors and plain Python values
@@ -13,6 +16,7 @@ Both are written atomically (temporary file in the same folder, then ``os.replac
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,8 @@ __all__ = [
     "read_checkpoint_info",
     "save_checkpoint",
     "save_training_state",
+    "verify_weights",
+    "weights_digest",
 ]
 
 CHECKPOINT_FORMAT = "rtfsyn-checkpoint/1"
@@ -54,6 +60,7 @@ class CheckpointInfo:
     step: int
     version: str
     info: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None  # None: written before digests existed
 
 
 def save_checkpoint(
@@ -73,8 +80,34 @@ def save_checkpoint(
         "config": json.dumps(config, sort_keys=True),
         "step": str(int(step)),
         "info": json.dumps(info or {}, sort_keys=True, default=str),
+        "weights_sha256": weights_digest(tensors),
     }
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order: name, dtype, shape and raw bytes of each."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify_weights(path: Path, tensors: dict[str, torch.Tensor], expected: str | None) -> None:
+    """Refuse (one line) weights that do not match their digest or are not finite."""
+    if expected is not None and weights_digest(tensors) != expected:
+        raise CheckpointError(
+            f"{path}: the weights do not match the SHA-256 stored in the checkpoint (the file "
+            "is corrupted or was altered): copy or download it again"
+        )
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{path}: weight {name} holds NaN or Inf values: the checkpoint is broken "
+                "(diverged training or a damaged file)"
+            )
 
 
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
@@ -103,6 +136,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"{info.path}: weights cannot be read ({str(exc).splitlines()[0]})"
         ) from None
+    verify_weights(info.path, tensors, info.weights_sha256)
     return tensors, info
 
 
@@ -144,4 +178,5 @@ def _parse_meta(path: Path, meta: dict[str, str]) -> CheckpointInfo:
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc})") from None
     return CheckpointInfo(path=path, config=config, step=step,
-                          version=meta.get("rtfsyn_version", "?"), info=info)
+                          version=meta.get("rtfsyn_version", "?"), info=info,
+                          weights_sha256=meta.get("weights_sha256"))

@@ -57,6 +57,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 _STATE: dict[str, object] = {"debug": False, "argv": []}
+_INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT), as shells report it
 
 
 def _version_callback(value: bool) -> None:
@@ -375,8 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("RTFSYN_DEBUG", "") not in ("", "0")
     _STATE["argv"] = args
     try:
-        # standalone_mode=False: click would turn Ctrl-C into "Aborted!" and exit 1
+        # standalone_mode=False: we print the messages (typer/click say "Aborted!" on Ctrl-C
+        # with exit 1, or return 130 without a word)
         code = app(args=args, prog_name="rtfsyn", standalone_mode=False)
+        if code == _INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130)
+            raise KeyboardInterrupt
     except RtfsynError as exc:
         if debug:
             raise
@@ -386,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         # temporary files are removed by atomic_write on the way out; nothing half-written
         err_console.print("[yellow]interrupted[/] (Ctrl-C): no partial output was left",
                           highlight=False)
-        sys.exit(130)
+        sys.exit(_INTERRUPTED)
     except _ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

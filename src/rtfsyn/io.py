@@ -441,7 +441,7 @@ class OutputGuard:
             folder = folder.parent
         if not folder.is_dir():
             raise OutputPathError(f"cannot write {p}: {folder} is a file, not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if not _writable(folder):
             raise OutputPathError(
                 f"cannot write {p}: folder {folder} is not writable; choose another output path"
             )
@@ -470,6 +470,11 @@ class OutputGuard:
 def active_guard() -> OutputGuard | None:
     """The :class:`OutputGuard` of the running command, if any."""
     return _GUARD.get()
+
+
+def _writable(folder: Path) -> bool:
+    """Can files be created in ``folder``? (root passes permission bits, not a read-only fs)"""
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _key(path: Path) -> Path:

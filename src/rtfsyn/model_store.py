@@ -49,6 +49,8 @@ def list_models() -> list[ModelEntry]:
         for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
             entry = _entry(path, source)
             if entry is not None:
+                if source == "home" and any(e.name == entry.name for e in out):
+                    entry.source = "home (unused: a bundled model has this name)"
                 out.append(entry)
     return out
 
@@ -59,10 +61,15 @@ def import_weights(path: str | Path, name: str | None = None, overwrite: bool = 
     from rtfsyn.inference import load_model
 
     src = Path(path)
-    load_model(src, "cpu")  # raises a one-line CheckpointError if anything is wrong
     name = name or src.stem
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise RtfsynError(f"model name {name!r} may hold only letters, digits, '-', '_', '.'")
+    if (BUNDLED_DIR / f"{name}.safetensors").exists():
+        raise RtfsynError(
+            f"{name!r} is the name of a bundled model: choose another name with --name"
+        )
+    # raises a one-line CheckpointError if anything is wrong (digest, finite weights, config)
+    load_model(src, "cpu")
     dest = rtfsyn_home() / "models" / f"{name}.safetensors"
     if dest.exists() and not overwrite:
         raise RtfsynError(f"a model named {name!r} already exists ({dest}): pass --overwrite "

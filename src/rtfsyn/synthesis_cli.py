@@ -215,8 +215,8 @@ def _plan_outputs(
         kept.append((src, out))
     if errors:
         more = f" (and {len(errors) - 1} more output(s))" if len(errors) > 1 else ""
-        hint = "; pass --skip-existing to skip them" if any(
-            "exists" in e for e in errors) and len(jobs) > 1 else ""
+        hint = " (--skip-existing skips existing outputs)" if any(
+            "exists" in e for e in errors) else ""
         raise OutputPathError(f"{errors[0]}{more}{hint}; nothing was synthesized")
     return kept, skipped
 
