@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import os
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from test_cli import run_cli
 from test_inference import _head
@@ -73,12 +76,6 @@ def test_synthesize_bad_inputs(capsys, tmp_path, tiny_checkpoint) -> None:
 
 
 # --------------------------------------------------------------------------- issue 13
-import hashlib  # noqa: E402
-import os  # noqa: E402
-
-import pytest  # noqa: E402
-
-
 @pytest.fixture
 def fast(monkeypatch):
     """Skip the network's forward pass (the CLI plumbing is what these tests check)."""
@@ -259,8 +256,8 @@ def test_skip_existing_single_file_says_it_skipped(capsys, tmp_path, tiny_checkp
     src = _head(tmp_path / "a_T1w.nii.gz")
     out = tmp_path / "o.nii.gz"
     out.write_text("old")
-    code, stdout, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o",
-                                str(out), "--skip-existing", "--model", str(tiny_checkpoint))
+    code, _stdout, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o",
+                                 str(out), "--skip-existing", "--model", str(tiny_checkpoint))
     assert code == 0 and "skipped" in err and str(out) in err
     assert out.read_text() == "old"
 
