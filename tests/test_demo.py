@@ -14,9 +14,22 @@ from rtfsyn.inference import default_model_path
 from test_cli import run_cli
 
 
-def test_demo_quick_writes_everything(tmp_path, tiny_checkpoint) -> None:
+def test_demo_quick_writes_everything(tmp_path, tiny_checkpoint, monkeypatch) -> None:
+    from rtfsyn import io
+
+    checked: list[str] = []
+    original = io.OutputGuard.check
+
+    def record(self, path, **kwargs):
+        checked.append(str(path))
+        return original(self, path, **kwargs)
+
+    monkeypatch.setattr(io.OutputGuard, "check", record)
     out = tmp_path / "demo"
     res = run_demo(out, quick=True, model=tiny_checkpoint, device="cpu")
+    # issue 13: every file the demo wrote went through the one output check
+    written = {str(p) for p in out.rglob("*") if p.is_file()}
+    assert written and written <= set(checked), sorted(written - set(checked))[:3]
     assert set(res.metrics) == set(TARGETS)
     for target, path in res.outputs.items():
         img = nib.load(str(path))
@@ -24,7 +37,7 @@ def test_demo_quick_writes_everything(tmp_path, tiny_checkpoint) -> None:
         ref = nib.load(str(truth))
         assert img.shape == ref.shape and np.allclose(img.affine, ref.affine)
         assert np.isfinite(np.asarray(img.dataobj)).all()
-        assert path.with_name(path.name.replace(".nii.gz", ".json")).exists()  # provenance
+        assert path.with_name(path.name.replace(".nii.gz", ".rtfsyn.json")).exists()  # provenance
         m = res.metrics[target]
         assert np.isfinite(m["psnr"]) and 0 < m["ssim"] <= 1
         # the noise-free truth bounds every model: it scores above this (untrained) one

@@ -50,21 +50,32 @@ def run_demo(
     console: Console | None = None,
 ) -> DemoResult:
     """Run the demo; ``quick`` uses a coarser, smaller cohort (for tests / CI)."""
-    from rich.progress import Progress
-
-    from rtfsyn.data import load_cases
-    from rtfsyn.device import resolve_device
-    from rtfsyn.inference import load_model, synthesize_image, write_provenance
-    from rtfsyn.metrics import all_metrics
-    from rtfsyn.phantom import get_sites, make_cohort, sample_subject, simulate_noise_free
-    from rtfsyn.preprocess import robust_normalize
-
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise RtfsynError(f"{out} is not empty: pass --force to reuse it or choose --out DIR")
+    # every file below goes through one output check; the folder is empty or --force was given
+    guard = io.OutputGuard(overwrite=True)
+    if model is not None and Path(model).is_file():
+        guard.protect(Path(model), f"the model file {model}")
     out.mkdir(parents=True, exist_ok=True)
+    with guard:
+        return _run(out, guard, quick=quick, model=model, device=device, console=console,
+                    t0=t0)
+
+
+def _run(out: Path, guard: io.OutputGuard, *, quick: bool, model: str | Path | None,
+         device: str, console: Console, t0: float) -> DemoResult:
+    from rich.progress import Progress
+
+    from rtfsyn.data import load_cases
+    from rtfsyn.device import resolve_device
+    from rtfsyn.inference import load_model, provenance_path, synthesize_image, write_provenance
+    from rtfsyn.metrics import all_metrics
+    from rtfsyn.phantom import get_sites, make_cohort, sample_subject, simulate_noise_free
+    from rtfsyn.preprocess import robust_normalize
+
     spacing = 4.0 if quick else 2.0
     n_subjects, n_sites = (1, 1) if quick else (2, 2)
     lm = load_model(model, resolve_device(device))
@@ -77,6 +88,8 @@ def run_demo(
                     seed=DEMO_SEED, progress=False, force=True)
         bar.update(task, total=1, completed=1)
     case = load_cases(phantom_dir)[0]
+    for path in case.images.values():
+        guard.protect_input(path)
     mask_img = io.load_nifti(case.mask) if case.mask else None
     mask = np.asarray(mask_img.dataobj) > 0.5 if mask_img is not None else None
     outputs: dict[str, Path] = {}
@@ -97,8 +110,7 @@ def run_demo(
             path = io.save_nifti(res.image, out / "synthesized" /
                                  f"{case.subject}_synth-{target}.nii.gz",
                                  protect=case.images.values())
-            write_provenance(path.with_name(path.name.replace(".nii.gz", ".json")),
-                             res.provenance)
+            write_provenance(provenance_path(path), res.provenance)
             outputs[target] = path
             pred, _ = robust_normalize(np.asarray(res.image.dataobj), mask)
             real, _ = robust_normalize(np.asarray(io.load_nifti(case.images[target]).dataobj),
@@ -113,9 +125,9 @@ def run_demo(
             bar.advance(task)
     panel = _panel(tiles, out / "demo_panel.png", metrics)
     report = _report(out, case, lm, outputs, metrics, panel, spacing)
-    (out / "demo_metrics.json").write_text(json.dumps(
-        {"subject": case.subject, "site": case.site, "spacing_mm": spacing,
-         "model": str(lm.info.path), "metrics": metrics}, indent=1))
+    summary = json.dumps({"subject": case.subject, "site": case.site, "spacing_mm": spacing,
+                          "model": str(lm.info.path), "metrics": metrics}, indent=1)
+    io.atomic_write(out / "demo_metrics.json", lambda tmp: Path(tmp).write_text(summary))
     return DemoResult(out, report, panel, outputs, metrics, time.perf_counter() - t0)
 
 

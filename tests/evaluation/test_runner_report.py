@@ -85,3 +85,21 @@ def test_holdout_site_and_bad_tasks(tmp_path, tiny_checkpoint, tiny_bids) -> Non
     with pytest.raises(RtfsynError, match="artifact 'wobble' is unknown"):
         evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), artifacts=["wobble"],
                  device="cpu", log=lambda _m: None)
+
+
+def test_report_writes_go_through_the_output_check(tmp_path) -> None:
+    """issue 13: every report file passes the one output check (never over a model file)."""
+    from rtfsyn.errors import OutputPathError
+    from rtfsyn.evaluation.report import write_report
+    from rtfsyn.evaluation.runner import EvalResult
+
+    out = tmp_path / "report"
+    out.mkdir()
+    model_file = out / "report.md"  # a (silly) model path that a report file would replace
+    model_file.write_text("weights")
+    result = EvalResult(rows=[], models={"m": {"arch": "rtfsyn", "path": str(model_file),
+                                              "step": 1}},
+                        tasks=[("T1w", "T2w")], cases=[], excluded=[], holdout_site=None)
+    with pytest.raises(OutputPathError, match="checkpoint of model m"):
+        write_report(result, out)
+    assert model_file.read_text() == "weights"

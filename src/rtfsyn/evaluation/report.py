@@ -14,7 +14,7 @@ import numpy as np
 
 from rtfsyn.evaluation.runner import EvalResult, EvalRow, rows_to_json
 from rtfsyn.evaluation.stats import mean_std, paired_comparison
-from rtfsyn.io import atomic_write
+from rtfsyn.io import OutputGuard, active_guard, atomic_write
 
 __all__ = ["write_report"]
 
@@ -215,7 +215,21 @@ def _safe(text: str) -> str:
 
 def write_report(result: EvalResult, out_dir: str | Path, command: str = "",
                  machine: str = "") -> dict[str, Path]:
-    """Write ``per_case.csv``, ``results.json``, ``report.md``, ``report.html`` and figures."""
+    """Write ``per_case.csv``, ``results.json``, ``report.md``, ``report.html`` and figures.
+
+    Every file goes through the one output check (:class:`rtfsyn.io.OutputGuard`): a report
+    is regenerated in place, but never over a model file it scores.
+    """
+    guard = active_guard() or OutputGuard(overwrite=True)
+    for name, info in result.models.items():
+        if info.get("path"):
+            guard.protect(info["path"], f"the checkpoint of model {name} ({info['path']})")
+    with guard:
+        return _write_report(result, out_dir, command, machine)
+
+
+def _write_report(result: EvalResult, out_dir: str | Path, command: str,
+                  machine: str) -> dict[str, Path]:
 
 
     out = Path(out_dir)
