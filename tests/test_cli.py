@@ -57,3 +57,22 @@ def test_inspect_real(capsys, monkeypatch, real_data) -> None:
                  "MNI152-template"):
         assert name in out
     assert "5 cases (T1w: 5, T1Gd: 3, T2w: 4, FLAIR: 3)" in out
+
+
+def test_inspect_fits_80_columns_or_wide(capsys, monkeypatch, tiny_bids) -> None:
+    """issue 13: readable in an 80-column terminal: nothing cut, nothing wider than 80."""
+    from rich.console import Console
+
+    from rtfsyn import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=80))
+    code, out, err = run_cli(capsys, "inspect", str(tiny_bids))
+    assert code == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out  # no value truncated with an ellipsis
+    for sub in ("sub-01", "sub-02", "sub-03"):
+        assert sub in out
+    assert "28×28×28@1×1×1" in out and "--wide" in out
+    code, out, err = run_cli(capsys, "inspect", str(tiny_bids), "--wide")
+    assert code == 0, err
+    assert "TR/TE" in out and "Siemens" in out

@@ -109,11 +109,14 @@ def inspect_cmd(
     layout: str = typer.Option(
         "auto", "--layout", help="auto, bids, brats or ixi."
     ),
+    wide: bool = typer.Option(
+        False, "--wide", help="Full table (layout, scanner, TR/TE) also on narrow terminals."
+    ),
 ) -> None:
     """List subjects × contrasts with key metadata; flag unpaired or mis-registered contrasts."""
     from rtfsyn.data.inspect import inspect_dataset
 
-    inspect_dataset(path, layout=layout, console=console)
+    inspect_dataset(path, layout=layout, console=console, wide=True if wide else None)
 
 
 # --------------------------------------------------------------------------- train

@@ -89,35 +89,32 @@ def _scanner(case: Case) -> str:
     return "-"
 
 
+#: below this terminal width ``inspect`` prints the narrow table (``--wide`` forces the full one)
+WIDE_MIN_COLUMNS = 120
+
+
 def inspect_dataset(
-    path: str | Path, layout: str = "auto", console: Console | None = None
+    path: str | Path, layout: str = "auto", console: Console | None = None,
+    wide: bool | None = None,
 ) -> list[CaseReport]:
-    """Load a dataset, check every case, print a table, and return the reports."""
+    """Load a dataset, check every case, print a table, and return the reports.
+
+    ``wide=None`` picks the full table (layout, scanner, TR/TE per contrast) on terminals of
+    at least 120 columns and a narrow one (subject, site, contrasts, grid, flags) that stays
+    readable in 80 columns otherwise.
+    """
     console = console or Console()
     cases = load_cases(path, layout=layout)
     reports = [check_case(c) for c in cases]
     present = [c for c in CONTRASTS if any(c in r.case.images for r in reports)]
-    table = Table(title=f"{path}: {len(cases)} cases", show_lines=False)
-    table.add_column("subject", overflow="fold")
-    table.add_column("layout")
-    table.add_column("site", overflow="fold")
-    table.add_column("scanner")
-    for c in present:
-        table.add_column(f"{c}\nTR/TE ms", justify="center")
-    table.add_column("grid")
-    table.add_column("flags", style="yellow", overflow="fold")
-    for r in reports:
-        c = r.case
-        grid = "-"
-        if r.shape is not None and r.spacing is not None:
-            grid = "×".join(map(str, r.shape[:3])) + " @ " + "×".join(f"{s:g}" for s in r.spacing)
-        table.add_row(
-            c.subject, c.layout, c.site or "-", _scanner(c),
-            *[_meta_cell(c.metadata[k]) if k in c.metadata else "[dim]·[/]" for k in present],
-            grid,
-            "; ".join(r.flags) or "[green]ok[/]",
-        )
-    console.print(table)
+    if wide is None:
+        wide = console.width >= WIDE_MIN_COLUMNS
+    if wide:  # natural width, also beyond the terminal (e.g. for `| less -S`)
+        roomy = Console(file=console.file, width=max(console.width, 2 * WIDE_MIN_COLUMNS),
+                        force_terminal=console.is_terminal, no_color=console.no_color)
+        roomy.print(_wide_table(path, reports, present))
+    else:
+        console.print(_narrow_table(path, reports, present))
     counts = ", ".join(
         f"{c}: {sum(c in r.case.images for r in reports)}" for c in present
     )
@@ -128,3 +125,52 @@ def inspect_dataset(
         f"{n_flagged} flagged"
     )
     return reports
+
+
+def _grid_cell(r: CaseReport, compact: bool = False) -> str:
+    if r.shape is None or r.spacing is None:
+        return "-"
+    sep = "" if compact else " "
+    return ("×".join(map(str, r.shape[:3])) + f"{sep}@{sep}"
+            + "×".join(f"{s:g}" for s in r.spacing))
+
+
+def _narrow_table(path: str | Path, reports: list[CaseReport], present: list[str]) -> Table:
+    """Subject, site, one ✓ column per contrast, grid, flags: readable in 80 columns."""
+    table = Table(title=f"{path}: {len(reports)} cases", show_lines=False,
+                  caption="--wide adds layout, scanner and TR/TE per contrast")
+    table.add_column("subject", overflow="fold", ratio=3)
+    table.add_column("site", overflow="fold", ratio=1)
+    for c in present:
+        table.add_column(c, justify="center", no_wrap=True)
+    table.add_column("grid", overflow="fold", ratio=2)
+    table.add_column("flags", style="yellow", overflow="fold", ratio=3)
+    for r in reports:
+        c = r.case
+        table.add_row(
+            c.subject, c.site or "-",
+            *["✓" if k in c.images else "[dim]·[/]" for k in present],
+            _grid_cell(r, compact=True), "; ".join(r.flags) or "[green]ok[/]",
+        )
+    return table
+
+
+def _wide_table(path: str | Path, reports: list[CaseReport], present: list[str]) -> Table:
+    table = Table(title=f"{path}: {len(reports)} cases", show_lines=False)
+    table.add_column("subject", overflow="fold")
+    table.add_column("layout")
+    table.add_column("site", overflow="fold")
+    table.add_column("scanner")
+    for c in present:
+        table.add_column(f"{c}\nTR/TE ms", justify="center")
+    table.add_column("grid")
+    table.add_column("flags", style="yellow", overflow="fold")
+    for r in reports:
+        c = r.case
+        table.add_row(
+            c.subject, c.layout, c.site or "-", _scanner(c),
+            *[_meta_cell(c.metadata[k]) if k in c.metadata else "[dim]·[/]" for k in present],
+            _grid_cell(r),
+            "; ".join(r.flags) or "[green]ok[/]",
+        )
+    return table
