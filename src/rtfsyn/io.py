@@ -20,7 +20,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +335,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], suffix: str = ""
     the usual permissions (``0o666`` minus the umask), not ``mkstemp``'s ``0o600``.
     """
     path = Path(path)
-    guard = _GUARD.get()
+    guard = active_guard()
     if guard is not None:
         guard.check(path)
     tmp: str | None = None
@@ -368,7 +367,9 @@ def _remove_quietly(tmp: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- output guard
-_GUARD: ContextVar[OutputGuard | None] = ContextVar("rtfsyn_output_guard", default=None)
+#: the active guards, innermost last; process-wide (not a ContextVar) so that writes from
+#: worker threads (e.g. the phantom writer) are checked too
+_ACTIVE: list[OutputGuard] = []
 
 
 def sidecar_paths(path: str | Path) -> list[Path]:
@@ -395,7 +396,6 @@ class OutputGuard:
         self._protected: dict[Path, str] = {}
         self._inodes: dict[tuple[int, int], str] = {}
         self._planned: dict[Path, str] = {}
-        self._tokens: list[Any] = []
 
     # ------------------------------------------------------------------ protection
     def protect(self, path: str | Path | None, why: str | None = None) -> None:
@@ -460,16 +460,19 @@ class OutputGuard:
         return p
 
     def __enter__(self) -> OutputGuard:
-        self._tokens.append(_GUARD.set(self))
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _GUARD.reset(self._tokens.pop())
+        for i in range(len(_ACTIVE) - 1, -1, -1):
+            if _ACTIVE[i] is self:
+                del _ACTIVE[i]
+                break
 
 
 def active_guard() -> OutputGuard | None:
-    """The :class:`OutputGuard` of the running command, if any."""
-    return _GUARD.get()
+    """The innermost active :class:`OutputGuard` (``with guard:``), if any."""
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def _writable(folder: Path) -> bool:
