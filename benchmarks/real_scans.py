@@ -337,6 +337,13 @@ def run_table(args: argparse.Namespace, argv: list[str] | None, model: Any) -> N
                 results.append({"case": name, "target": target, "method": method, **m})
                 print(f"  T1w→{target:<6} {method:<15} {m['psnr']:6.2f} dB  SSIM {m['ssim']:.3f}"
                       f"  MAE {m['mae']:.4f}", flush=True)
+            # progress after every target, in the final format (mergeable), in case of a kill
+            partial = args.out.with_name(args.out.stem + ".partial.json")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({**_header(argv, model, time.perf_counter() - t_start),
+                                           "partial": True, "cases": args.cases,
+                                           "targets": args.targets,
+                                           "synthesis_seconds": seconds, "rows": results}))
         if per_target:
             t1 = per_target[next(iter(per_target))]["T1 itself"]
             z = display_slice(c["mask"], c["labels"])
@@ -344,8 +351,6 @@ def run_table(args: argparse.Namespace, argv: list[str] | None, model: Any) -> N
                 panel(fig_dir / f"{name}.png", name, t1, per_target, rows_by_target, z)
             except Exception as exc:  # a figure problem must not lose the numbers
                 print(f"  panel for {name} failed: {exc!r}", flush=True)
-        partial = args.out.with_name(args.out.stem + ".partial.json")
-        partial.write_text(json.dumps(results, indent=1))  # progress, in case of a kill
     out = {
         **_header(argv, model, time.perf_counter() - t_start),
         "donor": args.donor, "cases": args.cases, "targets": args.targets,
