@@ -380,7 +380,9 @@ def merge(args: argparse.Namespace, argv: list[str] | None) -> None:
            "cases": [c for p in parts for c in p["cases"]], "targets": targets,
            "synthesis_seconds": {k: v for p in parts for k, v in
                                  p["synthesis_seconds"].items()}, "rows": rows}
-    runs = "; ".join(f"`{p['command']}` ({p['seconds'] / 60:.0f} min)" for p in parts)
+    runs = "; ".join(f"`{p['command']}` ({p['seconds'] / 60:.0f} min"
+                     + (", stopped early: partial" if p.get("partial") else "") + ")"
+                     for p in parts)
     md = [f"Merged from {len(parts)} runs in parallel on {parts[0]['machine']}: {runs}", "",
           "PSNR dB / SSIM / MAE inside the brain, both volumes 0.5–99.5 percentile normalised; "
           "best PSNR per row in bold.", "", *markdown_table(rows, targets)]
