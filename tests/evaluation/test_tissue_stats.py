@@ -47,3 +47,18 @@ def test_paired_comparison() -> None:
     assert 0 < r["p_wilcoxon"] < 0.05
     assert paired_comparison(a[:4], b[:4])["p_wilcoxon"] is None
     assert paired_comparison(a, a)["p_wilcoxon"] == 1.0
+
+
+def test_tissue_remap_paints_donor_class_means() -> None:
+    from rtfsyn.evaluation.tissue import tissue_remap
+
+    rng = np.random.default_rng(0)
+    src = rng.choice([0.1, 0.5, 0.9], size=(12, 12, 12)) + rng.normal(0, 0.01, (12, 12, 12))
+    mask = np.ones(src.shape, bool)
+    mask[0] = False
+    donor = rng.choice([0.2, 0.6, 1.0], size=(10, 10, 10))  # another grid, other levels
+    target = np.select([donor < 0.4, donor < 0.8], [0.7, 0.3], 0.1)  # T1 → T2-like inversion
+    out, means = tissue_remap(src, mask, donor, np.ones(donor.shape, bool), target)
+    assert means == pytest.approx([0.7, 0.3, 0.1])
+    assert np.allclose(out[mask & (src < 0.3)], 0.7) and np.allclose(out[mask & (src > 0.7)], 0.1)
+    assert (out[~mask] == 0).all()

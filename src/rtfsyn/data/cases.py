@@ -21,10 +21,12 @@ class Case:
         images: contrast name (``T1w``, ``T2w``…) → NIfTI path.
         metadata: contrast name → acquisition :class:`Metadata`.
         site: acquisition site / center, if known.
-        layout: adapter that produced the case (``bids``, ``brats``, ``ixi``, ``folder``).
+        layout: adapter that produced the case (``bids``, ``brats``, ``ixi``, ``openms``,
+            ``folder``).
         mask: brain-mask NIfTI, if the dataset has one.
         labels: tissue / lesion label map, if the dataset has one.
-        info: further subject information (age, sex, …).
+        info: further subject information (age, sex, …; ``participant``/``session`` where a
+            dataset has several sessions per person, ``flags`` for problems found on reading).
     """
 
     subject: str
@@ -47,28 +49,26 @@ class Case:
         return [(s, t) for s in cs for t in cs if s != t]
 
 
-LAYOUTS = ("auto", "bids", "brats", "ixi", "folder")
+LAYOUTS = ("auto", "bids", "brats", "ixi", "openms", "folder")
 
 
 def detect_layout(root: Path) -> str:
-    """Guess the layout of a dataset folder: ``bids``, ``ixi``, ``brats`` or ``mixed``."""
-    from rtfsyn.data import brats, ixi
+    """Guess the layout of a dataset folder: ``bids``, ``ixi``, ``openms``, ``brats`` or
+    ``mixed``."""
+    from rtfsyn.data import brats, ixi, openms
 
     if (root / "dataset_description.json").exists() or any(root.glob("sub-*")):
         return "bids"
     if any(ixi.parse_ixi_name(p.name) for p in root.rglob("IXI*.nii*")):
         return "ixi"
-    if brats.find_brats_folders(root) and not _has_other_folders(root):
+    nifti_dirs = {p.parent for p in root.rglob("*.nii*")}
+    openms_dirs = set(openms.find_openms_folders(root))
+    if openms_dirs and not nifti_dirs - openms_dirs:
+        return "openms"
+    brats_dirs = set(brats.find_brats_folders(root)) - openms_dirs
+    if brats_dirs and not nifti_dirs - brats_dirs:
         return "brats"
     return "mixed"
-
-
-def _has_other_folders(root: Path) -> bool:
-    from rtfsyn.data import brats
-
-    brats_dirs = set(brats.find_brats_folders(root))
-    nifti_dirs = {p.parent for p in root.rglob("*.nii*")}
-    return bool(nifti_dirs - brats_dirs)
 
 
 def load_cases(path: str | Path, layout: str = "auto") -> list[Case]:
@@ -76,14 +76,16 @@ def load_cases(path: str | Path, layout: str = "auto") -> list[Case]:
 
     Args:
         path: dataset root.
-        layout: ``auto`` (detect), ``bids``, ``brats``, ``ixi`` or ``folder`` (one case per
+        layout: ``auto`` (detect), ``bids``, ``brats``, ``ixi``, ``openms`` (the open MS data
+            of Lesjak et al., see :mod:`rtfsyn.data.openms`) or ``folder`` (one case per
             folder of NIfTIs whose names contain a contrast, e.g. ``MNI152_T1_1mm.nii.gz``).
-            ``auto`` on a folder mixing layouts reads BraTS, IXI and plain folders together.
+            ``auto`` on a folder mixing layouts reads BraTS, IXI, open MS and plain folders
+            together.
 
     Raises:
         DatasetError: the folder does not exist or holds no usable case.
     """
-    from rtfsyn.data import bids, brats, folder, ixi
+    from rtfsyn.data import bids, brats, folder, ixi, openms
 
     root = Path(path)
     if not root.exists():
@@ -100,13 +102,19 @@ def load_cases(path: str | Path, layout: str = "auto") -> list[Case]:
         cases = brats.load_brats(root)
     elif layout == "ixi":
         cases = ixi.load_ixi(root)
+    elif layout == "openms":
+        cases = openms.load_openms(root)
     elif layout == "folder":
         cases = folder.load_folders(root)
     else:  # mixed
-        cases = brats.load_brats(root)
+        openms_dirs = set(openms.find_openms_folders(root))
+        # open MS longitudinal names (study1_FLAIR, study1_T2W) also look like old BraTS names
+        cases = [c for c in brats.load_brats(root)
+                 if not {p.parent for p in c.images.values()} & openms_dirs]
         cases += ixi.load_ixi(root)
-        taken = {p.parent for c in cases for p in c.images.values()}
+        taken = {p.parent for c in cases for p in c.images.values()} | openms_dirs
         cases += folder.load_folders(root, exclude=taken)
+        cases += openms.load_openms(root)
     if not cases:
         raise DatasetError(
             f"no cases found in {root} (layout {layout}): expected BIDS (sub-*/anat/*_T1w.nii.gz),"

@@ -31,8 +31,10 @@ class CaseReport:
 
 
 def check_case(case: Case, atol_mm: float = 1e-3) -> CaseReport:
-    """Flag unpaired cases (one contrast) and contrasts on a different grid (mis-registered)."""
+    """Flag unpaired cases (one contrast), contrasts on a different grid (mis-registered) and
+    what the reader flagged (``case.info["flags"]``)."""
     report = CaseReport(case)
+    report.flags.extend(case.info.get("flags", []))  # problems the reader found (open MS)
     if len(case.images) < 2:
         report.flags.append("unpaired (1 contrast)")
     grids: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}

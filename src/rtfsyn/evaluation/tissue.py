@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["TISSUE_ORDER", "relative_volume_errors", "three_class_segmentation",
-           "tissue_volumes"]
+           "tissue_remap", "tissue_volumes"]
 
 #: tissues from darkest to brightest class, per contrast
 TISSUE_ORDER: dict[str, tuple[str, str, str]] = {
@@ -54,3 +54,31 @@ def tissue_volumes(labels: np.ndarray, contrast: str, voxel_ml: float) -> dict[s
 def relative_volume_errors(pred: dict[str, float], real: dict[str, float]) -> dict[str, float]:
     """|V_pred − V_real| / V_real per tissue (NaN where the real volume is 0)."""
     return {k: (abs(pred[k] - v) / v if v > 0 else float("nan")) for k, v in real.items()}
+
+
+def tissue_remap(
+    source: np.ndarray,
+    mask: np.ndarray,
+    donor_source: np.ndarray,
+    donor_mask: np.ndarray,
+    donor_target: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training-free baseline: each 3-class tissue of the source gets the donor's mean target.
+
+    The same :func:`three_class_segmentation` is fitted on the source (``(D, H, W)``,
+    normalised, inside ``mask``) and on a donor's source of the same contrast; every source
+    class is painted with the mean of the donor's (normalised) target over the donor voxels
+    of the same class (dark → dark, mid → mid, bright → bright). The donor's volumes can be on
+    another grid than the source.
+
+    Returns:
+        (remapped ``(D, H, W)`` float32 volume, 0 outside ``mask``; the 3 class means).
+    """
+    donor_labels = three_class_segmentation(donor_source, np.asarray(donor_mask, bool))
+    means = np.array([float(np.mean(donor_target[donor_labels == k + 1]))
+                      if np.any(donor_labels == k + 1) else 0.0 for k in range(3)])
+    labels = three_class_segmentation(source, np.asarray(mask, bool))
+    out = np.zeros(np.shape(source), np.float32)
+    inside = labels > 0
+    out[inside] = means[labels[inside] - 1]
+    return out, means
