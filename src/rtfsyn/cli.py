@@ -361,15 +361,49 @@ def phantom_cmd(
     preview: bool = typer.Option(False, "--preview", help="Also write DIR/preview.png."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+    protocol_jitter: float = typer.Option(
+        0.0, "--protocol-jitter",
+        help="Each subject's TR/TE/TI/FA drawn within ± this fraction of its site's (0–0.5).",
+    ),
 ) -> None:
     """Simulate a multi-site phantom cohort (T1w, T2w, FLAIR, PDw) as a BIDS dataset."""
     from rtfsyn.phantom import make_cohort
 
     paths = make_cohort(out, n_subjects=subjects, n_sites=sites, spacing=spacing, seed=seed,
-                        lesions=lesions, progress=progress, force=force, preview=preview)
+                        lesions=lesions, progress=progress, force=force, preview=preview,
+                        protocol_jitter=protocol_jitter)
     console.print(f"phantom cohort (simulated): {len(paths)} subject"
                   f"{'' if len(paths) == 1 else 's'} in {out}"
                   + (f"; preview {out / 'preview.png'}" if preview else ""))
+
+
+# --------------------------------------------------------------------------- simulate
+@app.command("simulate")
+def simulate_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (BIDS)."),
+    sources: list[Path] = typer.Option(
+        [], "--from", help="Dataset folder of co-registered real cases (repeatable)."),
+    subjects: int = typer.Option(
+        8, "--subjects", "--pairs", "-n",
+        help="Simulated subjects (each: T1w, T2w, FLAIR, PDw [+T1Gd], own protocols)."),
+    phantom: int = typer.Option(0, "--phantom", help="Also use N deformed phantom anatomies."),
+    spacing: float | None = typer.Option(None, "--spacing", help="Grid spacing in mm "
+                                         "(default: the cases' own)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (≥ 0)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+) -> None:
+    """Real-anatomy simulation with continuous protocols, written as BIDS for `rtfsyn train`."""
+    from rtfsyn.phantom.realsim import simulate_dataset
+
+    if not sources and phantom < 1:
+        raise RtfsynError("nothing to simulate from: give --from DIR and/or --phantom N")
+    if seed < 0:
+        raise RtfsynError(f"--seed {seed} is invalid: give a non-negative integer")
+    paths = simulate_dataset(out, sources, n_subjects=subjects, seed=seed, phantom=phantom,
+                             spacing=spacing, force=force,
+                             say=lambda s: err_console.print(s, highlight=False))
+    console.print(f"simulated (not patient data): {len(paths)} subject"
+                  f"{'' if len(paths) == 1 else 's'} in {out}")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -155,11 +155,14 @@ def predict_volume(
     overlap: float = 0.25,
     sw_batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
     """Synthesize a normalised volume on the grid of ``source`` (shape ``(D, H, W)``).
 
     ``source`` is block-averaged by ``factors`` to the work grid; the model outputs the
-    ``factors``-times finer grid, cropped back to ``source.shape``.
+    ``factors``-times finer grid, cropped back to ``source.shape``. A model trained with the
+    physics prior (``physics_prior: true``) gets ``prior`` (same shape; computed here from
+    ``source`` by :func:`rtfsyn.prior.prior_for_volume` when not given) as a second channel.
     """
     from monai.inferers import sliding_window_inference
 
@@ -167,9 +170,16 @@ def predict_volume(
     window = int(window or lm.window)
     shape = np.array(source.shape)
     padded = (np.ceil(shape / k) * k).astype(int)
-    vol = np.zeros(tuple(padded), np.float32)
-    vol[: shape[0], : shape[1], : shape[2]] = source
-    x = torch.from_numpy(vol)[None, None]
+    channels = [source]
+    if _wants_prior(lm):
+        from rtfsyn.prior import prior_for_volume
+
+        channels.append(prior if prior is not None else
+                        prior_for_volume(source, source_meta, target_meta))
+    vol = np.zeros((len(channels), *padded), np.float32)
+    for i, c in enumerate(channels):
+        vol[i, : shape[0], : shape[1], : shape[2]] = c
+    x = torch.from_numpy(vol)[None]
     if any(f > 1 for f in k):
         x = F.avg_pool3d(x, kernel_size=k, stride=k)
     work_vox = tuple(float(v) * f for v, f in zip(source_meta.voxel_size or (1.0,) * 3, k,
@@ -198,6 +208,21 @@ def predict_volume(
     out = y[0, 0].numpy()
     out = out[: shape[0], : shape[1], : shape[2]]
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _wants_prior(lm: LoadedModel) -> bool:
+    """The model takes the physics prior as a 2nd channel (its config says so; a model
+    without a config, as in training validation, by its input width)."""
+    from rtfsyn.prior import wants_prior
+
+    config = lm.info.config.get("model")
+    if config:
+        return wants_prior(config)
+    net = lm.model
+    n = getattr(net, "in_channels", None)
+    if n is None:
+        n = getattr(getattr(getattr(net, "encoder", None), "stem", None), "in_channels", None)
+    return n == 2
 
 
 def _count_windows(size: Sequence[int], roi: Sequence[int], overlap: float) -> int:
@@ -321,8 +346,13 @@ def synthesize_image(
     box = bounding_box(bmask, margin=4)
     # align the crop start to the block factors so output voxels stay on the grid
     box = tuple(slice(s.start - s.start % f, s.stop) for s, f in zip(box, k, strict=True))
+    prior = None
+    if _wants_prior(lm):  # the physics prior from the whole brain mask (rtfsyn.prior)
+        from rtfsyn.prior import prior_for_volume
+
+        prior = prior_for_volume(norm[box], src_meta, tgt_meta, mask=bmask[box])
     pred = predict_volume(lm, norm[box], src_meta, tgt_meta, factors=k, overlap=overlap,
-                          progress=progress)
+                          progress=progress, prior=prior)
     out = np.zeros(data.shape, np.float32)
     out[box] = pred
     out[~bmask] = 0.0

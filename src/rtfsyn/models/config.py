@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from rtfsyn.models._common import ModelError
 
@@ -41,6 +48,10 @@ class ModelConfig(BaseModel):
 
     arch: Literal["rtfsyn", "crossattn", "unet3d"] = "rtfsyn"
     in_channels: int = Field(1, ge=1)
+    # optional second input channel: the training-free physics prior (rtfsyn.prior) of the
+    # target, computed outside the network from the source and the metadata; the network
+    # then takes in_channels + 1 channels (source, prior)
+    physics_prior: bool = False
     # visual encoder
     encoder_channels: list[int] = Field(default_factory=lambda: [16, 48])
     encoder_blocks: list[int] = Field(default_factory=lambda: [1, 2])
@@ -99,7 +110,22 @@ class ModelConfig(BaseModel):
                 raise ValueError(f"{name}={getattr(self, name)} must be odd")
         return self
 
+    @property
+    def input_channels(self) -> int:
+        """Channels the network takes: the source's plus one for the physics prior."""
+        return self.in_channels + int(self.physics_prior)
+
     # ---------------------------------------------------------------- serialisation
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> dict[str, Any]:
+        # fields added later are left out while at their default, so configs (and the
+        # checkpoints that store them) written before they existed compare equal
+        data = handler(self)
+        for name in _OMIT_WHEN_DEFAULT:
+            if name in data and data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (what checkpoints store)."""
         return self.model_dump(mode="json")
@@ -145,6 +171,10 @@ class ModelConfig(BaseModel):
     def updated(self, **changes: Any) -> ModelConfig:
         """The same config with some fields replaced (validated)."""
         return self.from_dict({**self.to_dict(), **changes})
+
+
+#: Fields omitted from the serialised config while they hold their default.
+_OMIT_WHEN_DEFAULT: tuple[str, ...] = ("physics_prior",)
 
 
 def _one_line(exc: ValidationError) -> str:
@@ -213,7 +243,7 @@ def build_model(config: ModelConfig | dict[str, Any] | str | Path | None = None)
         config = load_config(config)
     c = config
     common: dict[str, Any] = dict(
-        in_channels=c.in_channels, encoder_channels=c.encoder_channels,
+        in_channels=c.input_channels, encoder_channels=c.encoder_channels,
         encoder_blocks=c.encoder_blocks, downsample=c.downsample, d_model=c.d_model,
         metadata_encoder=c.metadata_encoder, metadata_encoder_kwargs=c.metadata_encoder_kwargs,
         metadata_layers=c.metadata_layers, heads=c.heads, attn_dim=c.attn_dim,
@@ -231,4 +261,4 @@ def build_model(config: ModelConfig | dict[str, Any] | str | Path | None = None)
         )
     if c.arch == "crossattn":
         return CrossAttnSynth(**common)
-    return UNet3D(in_channels=c.in_channels, channels=c.unet_channels, dropout=c.dropout)
+    return UNet3D(in_channels=c.input_channels, channels=c.unet_channels, dropout=c.dropout)

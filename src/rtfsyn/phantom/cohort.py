@@ -148,13 +148,28 @@ def _bias_coefficients(rng: np.random.Generator, shared: np.ndarray, rms: float)
 
 
 def sample_subject(seed: int, index: int, site: Site, *, lesions: bool = False,
-                   n_subjects: int = 12) -> SubjectParams:
+                   n_subjects: int = 12, protocol_jitter: float = 0.0) -> SubjectParams:
     """Draw all random parameters of subject ``index`` from ``default_rng([seed, index])``.
 
     The draws happen in a fixed order and the lesions are always drawn (kept only with
     ``lesions=True``), so a subject's anatomy, tissue values and noise do not depend on the
     ``lesions`` flag, on the number of subjects or on the grid spacing.
+
+    ``protocol_jitter`` > 0 gives the subject its own protocol around the site's nominal one
+    (TR, TE, TI, FA each × a factor in [1 − j, 1 + j], :func:`rtfsyn.phantom.ranges.
+    jitter_protocol`), drawn from a separate stream ``default_rng([seed, index, 1])`` so that
+    everything else about the subject is unchanged; the sidecars carry the drawn values, so
+    TR/TE are no longer a site code. 0 (default) keeps the nominal protocol.
     """
+    if protocol_jitter > 0:
+        import dataclasses
+
+        from rtfsyn.phantom.ranges import jitter_protocol
+
+        prng = np.random.default_rng([int(seed), int(index), 1])
+        site = dataclasses.replace(site, protocols={
+            c: jitter_protocol(p, prng, float(protocol_jitter))
+            for c, p in site.protocols.items()})
     rng = np.random.default_rng([int(seed), int(index)])
     age = int(rng.integers(20, 81))
     sex = "F" if rng.random() < 0.5 else "M"
@@ -384,6 +399,7 @@ def make_cohort(
     *,
     force: bool = False,
     preview: bool = False,
+    protocol_jitter: float = 0.0,
 ) -> list[Path]:
     """Simulate a multi-site phantom cohort and write it as a BIDS dataset.
 
@@ -400,6 +416,8 @@ def make_cohort(
         force: write into a non-empty folder. If it holds an earlier phantom cohort, its
             ``sub-*`` folders that the new cohort does not overwrite are removed.
         preview: also write ``preview.png`` (:func:`rtfsyn.phantom.preview.write_preview`).
+        protocol_jitter: relative range of each subject's protocol around its site's
+            (see :func:`sample_subject`; 0 = every subject of a site has the same protocol).
 
     Returns:
         The subject folders (``out_dir/sub-01`` …) in order.
@@ -422,8 +440,13 @@ def make_cohort(
     out.mkdir(parents=True, exist_ok=True)
     args = {"n_subjects": int(n_subjects), "n_sites": int(n_sites), "spacing": spacing,
             "seed": int(seed), "lesions": bool(lesions)}
+    if not 0.0 <= float(protocol_jitter) < 0.5:
+        raise RtfsynError(f"protocol_jitter={protocol_jitter!r} is out of range: use [0, 0.5)")
+    if protocol_jitter:
+        args["protocol_jitter"] = float(protocol_jitter)
     params = [sample_subject(seed, i, sites[i % len(sites)], lesions=lesions,
-                             n_subjects=n_subjects) for i in range(n_subjects)]
+                             n_subjects=n_subjects, protocol_jitter=protocol_jitter)
+              for i in range(n_subjects)]
 
     bar = _Progress(progress, n_subjects)
     paths: list[Path] = []

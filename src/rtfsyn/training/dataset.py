@@ -116,6 +116,9 @@ class PatchDataset(Dataset):
         samples_per_epoch: virtual epoch length.
         seed: base seed; sample ``i`` of epoch ``e`` is drawn from ``default_rng([seed, e, i])``.
         pairs: optional allowed (source, target) pairs; default every ordered pair present.
+        physics_prior: add the physics prior of the target (:mod:`rtfsyn.prior`) as a second
+            source channel (models with ``physics_prior: true``); computed once per
+            (subject, source, target) on the whole subject volume and cached.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class PatchDataset(Dataset):
         samples_per_epoch: int = 1024,
         seed: int = 0,
         pairs: Sequence[tuple[str, str]] | None = None,
+        physics_prior: bool = False,
     ) -> None:
         if not subjects:
             raise DatasetError("no training subjects with at least two contrasts")
@@ -146,6 +150,8 @@ class PatchDataset(Dataset):
         if not self._usable:
             raise DatasetError(f"no subject has any of the requested pairs {sorted(allowed or [])}")
         self._mask_idx = [np.argwhere(s.mask) for s in self.subjects]
+        self.physics_prior = bool(physics_prior)
+        self._priors: dict[tuple[int, str, str], np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -168,10 +174,13 @@ class PatchDataset(Dataset):
         s = self.subjects[spec.subject]
         p = self.patch_size
         src = _crop(s.volumes[spec.source], spec.corner, p)
+        if self.physics_prior:  # (2, p, p, p): source, physics prior of the target
+            src = np.stack([src, _crop(self.prior(spec.subject, spec.source, spec.target),
+                                       spec.corner, p)])
         tgt = _crop(s.volumes[spec.target], spec.corner, p)
         mask = _crop(s.mask.astype(np.float32), spec.corner, p)
         return {
-            "source": torch.from_numpy(src)[None],
+            "source": torch.from_numpy(src if src.ndim == 4 else src[None]),
             "target": torch.from_numpy(tgt)[None],
             "mask": torch.from_numpy(mask)[None],
             "source_meta": s.metadata(spec.source),
@@ -180,6 +189,17 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, object]:
         return self.extract(self.sample_spec(index))
+
+    def prior(self, subject: int, source: str, target: str) -> np.ndarray:
+        """The cached physics prior of ``target`` from ``source`` for one subject."""
+        key = (subject, source, target)
+        if key not in self._priors:
+            from rtfsyn.prior import prior_for_volume
+
+            s = self.subjects[subject]
+            self._priors[key] = prior_for_volume(s.volumes[source], s.metadata(source),
+                                                 s.metadata(target), mask=s.mask)
+        return self._priors[key]
 
 
 def collate(items: list[dict[str, object]]) -> dict[str, object]:

@@ -229,6 +229,7 @@ def train(
 
     # ---------------------------------------------------------------- model
     model_cfg = model_config_dict(config.model)
+    dataset.physics_prior = bool(model_cfg.get("physics_prior", False))  # rtfsyn.prior channel
     torch.manual_seed(config.seed)
     model = build_model(ModelConfig(**model_cfg)).to(dev)
     run_config = {

@@ -1,0 +1,159 @@
+"""Real-anatomy simulation with continuous protocols, protocol ranges and phantom jitter."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rtfsyn.cli import main
+from rtfsyn.data.cases import load_cases
+from rtfsyn.metadata import Metadata
+from rtfsyn.phantom import get_sites, sample_subject
+from rtfsyn.phantom.ranges import RANGES, jitter_protocol, sample_protocol
+from rtfsyn.phantom.realsim import (
+    GD_R1,
+    SIM_TISSUES,
+    draw_session,
+    real_fractions,
+    simulate_dataset,
+    subject_tissues,
+)
+
+
+def _tiny_labels(shape=(24, 24, 20)) -> np.ndarray:
+    """0 background, 1 CSF, 2 GM, 3 WM, 4 lesion (a blob in WM)."""
+    lab = np.zeros(shape, np.uint8)
+    lab[2:-2, 2:-2, 2:-2] = 1
+    lab[4:-4, 4:-4, 3:-3] = 2
+    lab[7:-7, 7:-7, 5:-5] = 3
+    lab[10:14, 10:14, 8:12] = 4
+    return lab
+
+
+def _tiny_contrasts(lab: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    table = {"t1n": [0, 200, 550, 850, 450], "t2w": [0, 900, 450, 250, 800],
+             "t2f": [0, 60, 520, 420, 950], "t1c": [0, 220, 560, 860, 900]}
+    return {k: (np.array(v, np.float32)[lab] + rng.normal(0, 15, lab.shape)
+                ).clip(0).astype(np.float32) * (lab > 0) for k, v in table.items()}
+
+
+@pytest.fixture
+def tiny_brats(tmp_path):
+    """A BraTS-layout folder with one tiny case and its seg (2 = oedema, 3 = enhancing)."""
+    lab = _tiny_labels()
+    folder = tmp_path / "real" / "BraTS-GLI-99999-000"
+    folder.mkdir(parents=True)
+    for key, vol in _tiny_contrasts(lab).items():
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(folder / f"{folder.name}-{key}.nii.gz"))
+    seg = np.zeros(lab.shape, np.uint8)
+    seg[lab == 4] = 2
+    seg[11:13, 11:13, 9:11] = 3
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(folder / f"{folder.name}-seg.nii.gz"))
+    return tmp_path / "real"
+
+
+def test_real_fractions_find_tissues_and_flair_lesions():
+    lab = _tiny_labels()
+    vols = _tiny_contrasts(lab)
+    mask = lab > 0
+    norm = {c: v / np.percentile(v[mask], 99.5) for c, v in
+            (("T1w", vols["t1n"]), ("T2w", vols["t2w"]), ("FLAIR", vols["t2f"]))}
+    frac = real_fractions(norm, mask)
+    total = sum(frac[t] for t in SIM_TISSUES)
+    assert np.allclose(total[mask], 1.0, atol=1e-4) and np.all(total[~mask] == 0)
+    stack = np.stack([frac[t] for t in SIM_TISSUES]).argmax(0) + 1
+    for k, name in ((1, "CSF"), (2, "GM"), (3, "WM")):
+        assert (stack[lab == k] == k).mean() > 0.9, name
+    assert frac["lesion"][lab == 4].mean() > 0.8  # FLAIR hyperintensity without labels
+    given = real_fractions(norm, mask, {"enhancing": lab == 4})
+    assert given["enhancing"][lab == 4].min() == 1.0 and given["lesion"].max() == 0.0
+
+
+def test_sampled_protocols_are_continuous_and_inside_their_ranges():
+    rng = np.random.default_rng(0)
+    tes = {sample_protocol("T2w", rng).te for _ in range(20)}
+    assert len(tes) == 20  # continuous: no site codes
+    lo, hi = RANGES["T2w"][0][2]["te"]
+    assert all(lo <= te <= hi for te in tes)
+    flair = [sample_protocol("FLAIR", rng, 3.0) for _ in range(20)]
+    assert all(1.9 < p.ti < 2.9 and p.family == "IR" for p in flair)
+    t1 = {sample_protocol("T1w", rng).family for _ in range(40)}
+    assert t1 == {"MPRAGE", "GRE", "SE"}
+    for p in (sample_protocol("T1w", rng, family="MPRAGE") for _ in range(10)):
+        assert p.signal(subject_tissues(3.0, rng)["WM"]) > 0  # MPRAGE timing always fits
+
+
+def test_session_and_tissues_vary_per_draw_and_gd_shortens_enhancing_t1():
+    a, b = draw_session(np.random.default_rng(1)), draw_session(np.random.default_rng(2))
+    assert a.protocols["T2w"].te != b.protocols["T2w"].te
+    tissues = subject_tissues(3.0, np.random.default_rng(0))
+    assert tissues["necrosis"].t2 > tissues["lesion"].t2 > tissues["WM"].t2
+    assert 1.0 / (1.0 / tissues["enhancing"].t1 + GD_R1) < tissues["WM"].t1
+
+
+def test_simulate_cli_writes_bids_that_training_reads(tiny_brats, tmp_path, capsys):
+    out = tmp_path / "sim"
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--from", str(tiny_brats), "--out", str(out), "--pairs", "3",
+              "--seed", "5"])
+    assert exc.value.code == 0
+    cases = load_cases(out)
+    assert [c.subject for c in cases] == ["sub-0001", "sub-0002", "sub-0003"]
+    tes = set()
+    for case in cases:
+        assert set(case.contrasts) == {"T1w", "T1Gd", "T2w", "FLAIR", "PDw"}
+        assert case.mask is not None and case.labels is not None
+        side = json.loads(case.images["T2w"].with_name(
+            case.images["T2w"].name.replace(".nii.gz", ".json")).read_text())
+        meta = case.metadata["T2w"]
+        assert meta.echo_time == side["EchoTime"] and meta.field_strength in (1.5, 3.0)
+        assert side["SimulatedFrom"] == "BraTS-GLI-99999-000"
+        tes.add(meta.echo_time)
+        assert case.metadata["FLAIR"].inversion_time is not None
+    assert len(tes) == 3  # every subject has its own protocol
+    img = np.asarray(nib.load(str(cases[0].images["FLAIR"])).dataobj)
+    labels = np.asarray(nib.load(str(cases[0].labels)).dataobj)
+    oedema = labels == SIM_TISSUES.index("lesion") + 1
+    wm = labels == SIM_TISSUES.index("WM") + 1
+    assert oedema.any() and img[oedema].mean() > img[wm].mean()  # oedema bright on FLAIR
+    # deterministic: the same seed gives the same images; an existing output needs --force
+    again = tmp_path / "sim2"
+    simulate_dataset(again, [tiny_brats], n_subjects=1, seed=5)
+    first = np.asarray(nib.load(str(again / "sub-0001/anat/sub-0001_T2w.nii.gz")).dataobj)
+    assert np.array_equal(first, np.asarray(nib.load(str(cases[0].images["T2w"])).dataobj))
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--from", str(tiny_brats), "--out", str(out), "-n", "1"])
+    assert exc.value.code == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_simulate_needs_something_to_simulate_from(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "--from" in capsys.readouterr().err
+
+
+def test_phantom_protocol_jitter_draws_around_the_site_protocol():
+    site = get_sites(1)[0]
+    fixed = sample_subject(3, 0, site)
+    assert fixed.site.protocols == site.protocols  # default: today's nominal protocol
+    jit = sample_subject(3, 0, site, protocol_jitter=0.1)
+    other = sample_subject(3, 1, site, protocol_jitter=0.1)
+    for c, p in site.protocols.items():
+        q = jit.site.protocols[c]
+        assert q.family == p.family and 0.9 <= q.tr / p.tr <= 1.1 and 0.9 <= q.te / p.te <= 1.1
+        assert q.te != p.te and q.te != other.site.protocols[c].te
+    # nothing else about the subject changes
+    assert (jit.age, jit.sex, jit.noise_seed, jit.tissue_factors) == \
+        (fixed.age, fixed.sex, fixed.noise_seed, fixed.tissue_factors)
+    assert jitter_protocol(site.protocols["T2w"], np.random.default_rng(0), 0.0) is \
+        site.protocols["T2w"]
+    meta = Metadata.from_sidecar(
+        __import__("rtfsyn.phantom.cohort", fromlist=["sidecar"]).sidecar(
+            jit.site, jit.site.protocols["FLAIR"], 2.0), contrast="FLAIR")
+    assert meta.inversion_time == jit.site.protocols["FLAIR"].ti
