@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", type=Path, default=REAL)
     ap.add_argument("--method", default="pv", choices=["pv", "gmm"])
-    ap.add_argument("--normalise", default="physical", choices=["physical", "percentile"])
+    ap.add_argument("--normalise", default="matched",
+                    choices=["matched", "physical", "percentile"])
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "results" / "physics_prior.json")

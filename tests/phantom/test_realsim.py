@@ -69,6 +69,10 @@ def test_real_fractions_find_tissues_and_flair_lesions():
     for k, name in ((1, "CSF"), (2, "GM"), (3, "WM")):
         assert (stack[lab == k] == k).mean() > 0.9, name
     assert frac["lesion"][lab == 4].mean() > 0.8  # FLAIR hyperintensity without labels
+    with_gd = real_fractions({**norm, "T1Gd": vols["t1c"] / np.percentile(vols["t1c"][mask],
+                                                                          99.5)}, mask)
+    assert with_gd["enhancing"][lab == 4].mean() > 0.8  # T1Gd − T1w shows enhancement
+    assert with_gd["enhancing"][lab == 3].mean() < 0.01
     given = real_fractions(norm, mask, {"enhancing": lab == 4})
     assert given["enhancing"][lab == 4].min() == 1.0 and given["lesion"].max() == 0.0
 

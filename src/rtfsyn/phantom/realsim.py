@@ -14,9 +14,10 @@ Tissue fractions of a real case (:func:`real_fractions`):
   normalised T1w, T2w, FLAIR and PDw present, initialised from the T1w tissue classes of
   :func:`rtfsyn.prior.tissue_posteriors` (so component k stays tissue k);
 * pathology: given label maps win — BraTS ``seg`` (1 necrosis, 2 oedema, 3 enhancing), a lesion
-  mask (open-ms ``GOLD_STANDARD``, any ``*lesion*`` / ``*mask*`` beside the images; label →
-  ``lesion``); without labels, FLAIR hyperintensities (> 3 SD above the GM mean of the FLAIR,
-  not CSF) become ``lesion``.
+  mask (open-ms ``GOLD_STANDARD``, any ``*lesion*`` / ``*consensus*`` beside the images;
+  label → ``lesion``); without labels, FLAIR hyperintensities (> 3 SD above the GM mean of
+  the FLAIR, not CSF) become ``lesion``, and within 3 voxels of them T1Gd − T1w > 4 SD (of
+  that difference in WM) becomes ``enhancing``, T1-dark abnormal voxels ``necrosis``.
 
 Tissue values: :data:`rtfsyn.phantom.physics.TISSUE_PARAMS` for CSF / GM / WM / lesion
 (oedema, MS lesion) plus :data:`EXTRA_TISSUES` (necrosis: long, fluid-like T1 and T2;
@@ -158,7 +159,9 @@ def real_fractions(volumes: dict[str, np.ndarray], mask: np.ndarray,
         gm = healthy["GM"] > 0.5
         if gm.sum() > 10:
             thr = flair[gm].mean() + 3.0 * flair[gm].std()
-            patho["lesion"][(flair > thr) & (healthy["CSF"] < 0.5)] = 1.0
+            abnormal = (flair > thr) & (healthy["CSF"] < 0.5)
+            patho["lesion"][abnormal] = 1.0
+            _split_tumour(volumes, mask, healthy, patho, abnormal)
     abnormal = sum(patho.values())
     abnormal = np.minimum(abnormal, 1.0)
     out = {}
@@ -168,6 +171,39 @@ def real_fractions(volumes: dict[str, np.ndarray], mask: np.ndarray,
         vol[mask] = values
         out[name] = vol
     return out
+
+
+def _split_tumour(volumes: dict[str, np.ndarray], mask: np.ndarray,
+                  healthy: dict[str, np.ndarray], patho: dict[str, np.ndarray],
+                  abnormal: np.ndarray) -> None:
+    """Without labels: in and around the FLAIR-abnormal region, voxels that enhance strongly
+    on T1Gd (T1Gd − T1w > 4 SD of that difference in WM) become ``enhancing``, and abnormal
+    voxels dark as CSF on the T1w become ``necrosis`` (in place)."""
+    from scipy import ndimage
+
+    if not abnormal.any():
+        return
+    region = np.zeros(mask.shape, bool)
+    region[mask] = abnormal
+    near = ndimage.binary_dilation(region, iterations=3)[mask]
+    if "T1Gd" in volumes:
+        diff = volumes["T1Gd"][mask] - volumes["T1w"][mask]
+        wm = healthy["WM"] > 0.5
+        if wm.sum() > 10:
+            enh = near & (diff > diff[wm].mean() + 4.0 * diff[wm].std())
+            # drop specks (noise): keep connected groups of at least 8 voxels
+            vol = np.zeros(mask.shape, bool)
+            vol[mask] = enh
+            lab, n = ndimage.label(vol)
+            if n:
+                sizes = ndimage.sum(vol, lab, index=np.arange(1, n + 1))
+                vol = np.isin(lab, np.flatnonzero(sizes >= 8) + 1)
+            enh = vol[mask]
+            patho["enhancing"][enh] = 1.0
+            patho["lesion"][enh] = 0.0
+    necrosis = abnormal & (healthy["CSF"] > 0.4) & (patho["enhancing"] == 0)
+    patho["necrosis"][necrosis] = 1.0
+    patho["lesion"][necrosis] = 0.0
 
 
 def _find_lesion_mask(case: Any) -> Path | None:
@@ -193,10 +229,10 @@ def real_anatomy(case: Any, spacing: float | None = None) -> Anatomy | None:
     ref = io.to_canonical(io.load_nifti(case.images["T1w"]))
     grids = {}
     for contrast in case.contrasts:
-        if contrast == "T1Gd":
-            continue
         img = io.to_canonical(io.load_nifti(case.images[contrast]))
         if not io.same_grid(img, ref, atol=1e-2):
+            if contrast == "T1Gd":  # only used to find enhancement: leave it out
+                continue
             return None
         grids[contrast] = img
     if spacing is not None:
@@ -207,7 +243,7 @@ def real_anatomy(case: Any, spacing: float | None = None) -> Anatomy | None:
         m = io.resample_to_reference(io.to_canonical(io.load_nifti(case.mask)), ref, order=0)
         mask = np.asarray(m.dataobj) > 0.5
     else:
-        mask = np.logical_and.reduce([brain_mask(v) for v in data.values()])
+        mask = np.logical_and.reduce([brain_mask(v) for c, v in data.items() if c != "T1Gd"])
     labels: dict[str, np.ndarray] = {}
 
     def on_grid(path: Path) -> np.ndarray:
