@@ -60,14 +60,14 @@ def csf_wm_ratio(image: np.ndarray, post: np.ndarray) -> float:
     return float(image[csf].mean() / max(image[wm].mean(), 1e-6))
 
 
-def run(real: Path, method: str, normalise: str, sweep: bool) -> dict:
-    rows = []
+def run(real: Path, method: str, normalise: str, sweep: bool, rows_wanted: bool = True) -> dict:
+    rows: list[dict] = []
     sweeps: dict[str, list[dict]] = {}
     t1_meta = Metadata.from_dict({"contrast": "T1w"})
     for name, t1_path, targets in cases(real):
         t1_full = _load(t1_path)
         for contrast, path in targets.items():
-            if not path.exists():
+            if not rows_wanted or not path.exists():
                 continue
             tgt_full = _load(path)
             mask_full = brain_mask(t1_full) & brain_mask(tgt_full)
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--normalise", default="matched",
                     choices=["matched", "physical", "percentile"])
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="Only the metadata sweep (JSON: physics_prior_sweep_<normalise>.json).")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "results" / "physics_prior.json")
     args = ap.parse_args(argv)
@@ -131,14 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no real cases under {args.real}", file=sys.stderr)
         return 2
     t0 = time.time()
-    result = run(args.real, args.method, args.normalise, not args.no_sweep)
+    if args.sweep_only and args.out.name == "physics_prior.json":
+        args.out = args.out.with_name(f"physics_prior_sweep_{args.normalise}.json")
+    result = run(args.real, args.method, args.normalise, not args.no_sweep,
+                 rows_wanted=not args.sweep_only)
     result.update({"command": command_line("physics_prior.py", argv), "machine": machine(),
                    "method": args.method, "normalise": args.normalise,
                    "seconds": round(time.time() - t0, 1),
                    "metric": "PSNR dB / SSIM inside the mask, both normalised 0.5-99.5 pct"})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result["rows"]))
+    if result["rows"]:
+        print(table(result["rows"]))
     for key, values in result["sweep"].items():
         if key != "case":
             print(f"{result['sweep']['case']} {key}: " + ", ".join(
