@@ -175,3 +175,15 @@ def test_train_and_synthesize_with_the_prior_channel(tiny_bids, tmp_path):
     img = rtfsyn.synthesize(src, target="FLAIR", metadata="TR=9000,TI=2500",
                             model=res.final_checkpoint, device="cpu")
     assert img.shape == nib.load(str(src)).shape
+
+
+def test_model_channel_keeps_the_physical_ratios():
+    from rtfsyn.prior import prior_for_volume
+
+    lab, t1w, mask = _three_tissue()
+    ratios = []
+    for te in (60, 120):
+        p = prior_for_volume(t1w, T1, Metadata.from_string(f"contrast=T2w,TE={te}"), mask=mask)
+        csf, _, wm = _class_means(p, lab)
+        ratios.append(csf / wm)
+    assert ratios[1] > 1.5 * ratios[0]  # CSF/WM on T2w: exp(TE/T2_WM − TE/T2_CSF) grows

@@ -274,7 +274,10 @@ def prior_for_volume(source: np.ndarray, source_meta: Metadata, target_meta: Met
 
     Without ``mask`` the brain is the source's non-zero region with holes filled
     (:func:`rtfsyn.preprocess.brain_mask`), which is what training volumes are (zero outside
-    the brain).
+    the brain). The channel uses ``normalise="physical"`` (zero signal stays 0, ratios between
+    tissues are the signal equation's), so that it carries the metadata dependence to the
+    network: percentile-type normalisations pin the darkest and brightest tissue and flatten
+    e.g. the CSF/WM ratio across TE (measured in ``benchmarks/physics_prior.py``).
     """
     from rtfsyn.preprocess import brain_mask
 
@@ -287,4 +290,4 @@ def prior_for_volume(source: np.ndarray, source_meta: Metadata, target_meta: Met
     mask = np.asarray(mask, bool)
     if mask.sum() < 30:
         return np.zeros_like(source)
-    return physics_prior(source, mask, source_meta, target_meta)
+    return physics_prior(source, mask, source_meta, target_meta, normalise="physical")
