@@ -239,7 +239,10 @@ def sweep(c: dict[str, Any], model: Any, spacing: float | None) -> list[dict[str
                "model_csf_wm": round(float(pred[csf].mean() / max(pred[wm].mean(), 1e-6)), 4),
                "expected_csf_wm_3T": round(expected_ratio(target, value), 4)}
         if prior is not None:
-            pp = prior(t1_raw, mask, Metadata.from_dict({"contrast": "T1w"}), md)
+            # ratios against the signal equation: the prior's physical normalisation (zero
+            # signal stays 0; the default 'matched' one pins CSF and WM, see physics_prior.py)
+            pp = prior(t1_raw, mask, Metadata.from_dict({"contrast": "T1w"}), md,
+                       normalise="physical")
             row["prior_csf_wm"] = round(float(pp[csf].mean() / max(pp[wm].mean(), 1e-6)), 4)
         print(f"  sweep {target} {knob}={value} ms: model CSF/WM {row['model_csf_wm']:.3f} "
               f"(physics {row['expected_csf_wm_3T']:.3f})", flush=True)
