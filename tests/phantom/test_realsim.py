@@ -161,3 +161,23 @@ def test_phantom_protocol_jitter_draws_around_the_site_protocol():
         __import__("rtfsyn.phantom.cohort", fromlist=["sidecar"]).sidecar(
             jit.site, jit.site.protocols["FLAIR"], 2.0), contrast="FLAIR")
     assert meta.inversion_time == jit.site.protocols["FLAIR"].ti
+
+
+def test_a_binary_label_map_is_a_lesion_mask(tmp_path):
+    """open-ms GOLD_STANDARD read as the case's labels: lesions, not BraTS necrosis."""
+    from rtfsyn.data.cases import Case
+    from rtfsyn.phantom.realsim import real_anatomy
+
+    lab = _tiny_labels()
+    vols = _tiny_contrasts(lab)
+    paths = {}
+    for key, contrast in (("t1n", "T1w"), ("t2w", "T2w"), ("t2f", "FLAIR")):
+        paths[contrast] = tmp_path / f"{key}.nii.gz"
+        nib.save(nib.Nifti1Image(vols[key], np.eye(4)), str(paths[contrast]))
+    gold = tmp_path / "GOLD_STANDARD.nii.gz"
+    nib.save(nib.Nifti1Image((lab == 4).astype(np.uint8), np.eye(4)), str(gold))
+    case = Case("p1", paths, {c: Metadata.from_dict({"contrast": c}) for c in paths},
+                labels=gold)
+    anat = real_anatomy(case)
+    assert anat.fractions["lesion"][lab == 4].min() == 1.0
+    assert anat.fractions["necrosis"].max() == 0.0

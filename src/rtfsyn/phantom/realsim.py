@@ -13,9 +13,10 @@ Tissue fractions of a real case (:func:`real_fractions`):
 * healthy tissue: CSF / GM / WM from a diagonal multi-contrast Gaussian mixture over the
   normalised T1w, T2w, FLAIR and PDw present, initialised from the T1w tissue classes of
   :func:`rtfsyn.prior.tissue_posteriors` (so component k stays tissue k);
-* pathology: given label maps win — BraTS ``seg`` (1 necrosis, 2 oedema, 3 enhancing), a lesion
-  mask (open-ms ``GOLD_STANDARD``, any ``*lesion*`` / ``*consensus*`` beside the images;
-  label → ``lesion``); without labels, FLAIR hyperintensities (> 3 SD above the GM mean of
+* pathology: given label maps win — BraTS ``seg`` (1 necrosis, 2 oedema, 3 enhancing); a
+  binary label map (values 0/1, e.g. open-ms ``GOLD_STANDARD`` as the open-ms reader gives
+  it) or a lesion mask beside the images (``*GOLD_STANDARD*``, ``*lesion*``,
+  ``*consensus*``) → ``lesion``; without labels, FLAIR hyperintensities (> 3 SD above the GM mean of
   the FLAIR, not CSF) become ``lesion``, and within 3 voxels of them T1Gd − T1w > 4 SD (of
   that difference in WM) becomes ``enhancing``, T1-dark abnormal voxels ``necrosis``.
 
@@ -250,9 +251,13 @@ def real_anatomy(case: Any, spacing: float | None = None) -> Anatomy | None:
         img = io.resample_to_reference(io.to_canonical(io.load_nifti(path)), ref, order=0)
         return np.rint(np.asarray(img.dataobj)).astype(np.int16)
 
-    if case.labels is not None:  # BraTS: 1 necrosis, 2 oedema, 3 (or 4) enhancing
+    if case.labels is not None:
         seg = on_grid(case.labels)
-        labels = {"necrosis": seg == 1, "lesion": seg == 2, "enhancing": (seg == 3) | (seg == 4)}
+        if seg.max() <= 1:  # a binary lesion mask (open-ms GOLD_STANDARD)
+            labels = {"lesion": seg > 0}
+        else:  # BraTS: 1 necrosis, 2 oedema, 3 (or 4) enhancing
+            labels = {"necrosis": seg == 1, "lesion": seg == 2,
+                      "enhancing": (seg == 3) | (seg == 4)}
     else:
         lesion = _find_lesion_mask(case)
         if lesion is not None:
