@@ -38,6 +38,11 @@ class TrainConfig(BaseModel):
     ssim_weight: float = Field(1.0, ge=0)
     downscale_prob: float = Field(0.3, ge=0, le=1)
     max_downscale: float = Field(2.0, ge=1, le=8)
+    out_grids: bool = Field(
+        False, description="random output grids (own / training / k-times finer) so that the "
+        "target spacing and output-grid factor of inference lie in the training distribution")
+    max_out_factor: int = Field(
+        2, ge=1, le=4, description="finest output grid: spacing / max_out_factor (out_grids)")
     ema_decay: float | None = Field(None, gt=0, lt=1)
     val_fraction: float = Field(0.2, ge=0, lt=1)
     val_every: int = Field(500, ge=1)
@@ -49,6 +54,8 @@ class TrainConfig(BaseModel):
     ckpt_every: int = Field(500, ge=1)
     image_every: int | None = Field(None, ge=1, description="TensorBoard panels (default: val)")
     seed: int = 0
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader workers for patch extraction (None: by CPU count)")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
 
     @field_validator("pairs", "val_pairs", mode="before")

@@ -9,14 +9,17 @@ samples an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from rich.progress import Progress
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from rtfsyn import io
 from rtfsyn.data.cases import Case
@@ -24,7 +27,18 @@ from rtfsyn.errors import DatasetError
 from rtfsyn.metadata import Metadata
 from rtfsyn.preprocess import bounding_box, brain_mask, robust_normalize
 
-__all__ = ["PatchDataset", "PatchSpec", "Subject", "load_subject", "load_subjects"]
+__all__ = [
+    "GridSpec",
+    "PatchDataset",
+    "PatchSpec",
+    "StepBatchSampler",
+    "Subject",
+    "load_subject",
+    "load_subject_levels",
+    "load_subject_pyramid",
+    "load_subjects",
+    "sample_grid",
+]
 
 
 @dataclass
@@ -36,6 +50,7 @@ class Subject:
     mask: np.ndarray  # (D, H, W) bool
     spacing: tuple[float, float, float]
     labels: np.ndarray | None = None
+    native_spacing: float | None = None  # coarsest native voxel size (mm)
 
     @property
     def contrasts(self) -> list[str]:
@@ -46,16 +61,18 @@ class Subject:
         return self.case.metadata[contrast].with_updates(voxel_size=self.spacing)
 
 
-def load_subject(case: Case, spacing: float | None = None, margin: int = 4) -> Subject:
-    """Load all contrasts of a case: canonical RAS, resampled, masked, normalised, cropped.
+def _load_images(case: Case) -> dict[str, nib.Nifti1Image]:
+    """Every contrast of a case, canonical RAS, read from disk once."""
+    return {c: io.to_canonical(io.load_nifti(case.images[c])) for c in case.contrasts}
 
-    The brain mask is the case's mask file if there is one, else the intersection of the
-    non-zero regions of all contrasts (so every contrast has signal where the loss is taken).
-    """
+
+def _make_subject(case: Case, canon: dict[str, nib.Nifti1Image], spacing: float | None,
+                  margin: int = 4) -> Subject:
+    """Resample / mask / normalise / crop already-loaded canonical images (no file I/O
+    besides the case's mask and label files)."""
     images = {}
     ref = None
-    for contrast in case.contrasts:
-        img = io.to_canonical(io.load_nifti(case.images[contrast]))
+    for contrast, img in canon.items():
         if spacing is not None:
             img = io.resample_to_spacing(img, spacing)
         if ref is None:
@@ -78,21 +95,66 @@ def load_subject(case: Case, spacing: float | None = None, margin: int = 4) -> S
         labels = io.resample_to_reference(limg, ref, order=0).get_fdata().astype(np.uint8)
     box = bounding_box(mask, margin=margin)
     volumes = {c: robust_normalize(v, mask)[0][box] for c, v in images.items()}
+    native = max(io.spacing_of(next(iter(canon.values()))))
     return Subject(case=case, volumes=volumes, mask=mask[box],
                    spacing=tuple(round(s, 4) for s in io.spacing_of(ref)),
-                   labels=None if labels is None else labels[box])
+                   labels=None if labels is None else labels[box],
+                   native_spacing=round(native, 4))
+
+
+def load_subject(case: Case, spacing: float | None = None, margin: int = 4) -> Subject:
+    """Load all contrasts of a case: canonical RAS, resampled, masked, normalised, cropped.
+
+    The brain mask is the case's mask file if there is one, else the intersection of the
+    non-zero regions of all contrasts (so every contrast has signal where the loss is taken).
+    """
+    return _make_subject(case, _load_images(case), spacing, margin)
+
+
+def load_subject_levels(
+    case: Case, spacing: float, factors: Sequence[int] = (1,), margin: int = 4
+) -> dict[int, Subject | None]:
+    """The case at ``spacing / k`` mm for each ``k`` in ``factors`` (files read once).
+
+    Level ``k > 1`` is ``None`` when the case's native voxels are coarser than
+    ``spacing / k`` (a finer grid would only be an interpolation, not a real target).
+    """
+    canon = _load_images(case)
+    native = max(io.spacing_of(next(iter(canon.values())))) if canon else 0.0
+    out: dict[int, Subject | None] = {}
+    for k in factors:
+        fine = spacing / k
+        if k > 1 and native > fine * 1.05:
+            out[k] = None
+            continue
+        out[k] = _make_subject(case, canon, fine, margin)
+    return out
 
 
 def load_subjects(
     cases: Sequence[Case], spacing: float | None = None, progress: bool = True
 ) -> list[Subject]:
     """Load several cases (with a progress bar); cases with < 2 contrasts are skipped."""
+    return [lv[1] for lv in load_subject_pyramid(cases, spacing, (1,), progress)]  # type: ignore[misc]
+
+
+def load_subject_pyramid(
+    cases: Sequence[Case], spacing: float | None, factors: Sequence[int] = (1,),
+    progress: bool = True,
+) -> list[dict[int, Subject | None]]:
+    """:func:`load_subject_levels` for several cases (cases with < 2 contrasts skipped).
+
+    Everything a training step needs is then in memory: a step does no file I/O.
+    """
     usable = [c for c in cases if len(c.contrasts) >= 2]
     out = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("loading subjects", total=len(usable))
         for case in usable:
-            out.append(load_subject(case, spacing))
+            if spacing is None or tuple(factors) == (1,):
+                out.append({1: load_subject(case, spacing)})
+            else:
+                out.append(load_subject_levels(case, spacing, factors))
             bar.advance(task)
     return out
 
@@ -107,8 +169,73 @@ class PatchSpec:
     corner: tuple[int, int, int]
 
 
+@dataclass(frozen=True)
+class GridSpec:
+    """The source and output grids of one training step (shared by the whole batch).
+
+    A region of ``region`` voxels is cut from the subjects at ``spacing / level`` mm; the
+    source is that region area-averaged to ``source_shape`` voxels, the target (and mask)
+    area-averaged to ``out_shape`` voxels. Voxel sizes follow: ``region × level spacing /
+    shape``. With ``level = k`` and ``region = k × source_shape = out_shape`` this is exactly
+    what inference does for an input at ``spacing / k`` mm (block average by ``k``, the decoder
+    queried on the ``k``-times finer grid).
+    """
+
+    level: int
+    region: tuple[int, int, int]
+    source_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    mode: str = "own"
+
+
+def sample_grid(
+    seed: int, step: int, rank: int, patch_size: int, downscale_prob: float,
+    max_downscale: float, levels: Sequence[int] = (1,),
+) -> GridSpec:
+    """Draw the grids of step ``step`` on ``rank`` (deterministic; see :class:`GridSpec`).
+
+    The source is coarsened with probability ``downscale_prob`` (isotropic, or one thick-slice
+    axis, by ``U(1.25, max_downscale)``), then one output grid is chosen with equal chance:
+
+    * ``own``: the source's own grid (what inference does for inputs at or above the
+      training spacing);
+    * ``train``: the training grid (``patch_size`` voxels at the training spacing);
+    * ``fine`` (when ``levels`` has ``k > 1``): the ``k``-times finer grid of a source at the
+      training spacing, thick axes kept on their own grid (inference for finer inputs).
+    """
+    rng = np.random.default_rng([seed, 7919, step, rank])
+    p = int(patch_size)
+    f = [1.0, 1.0, 1.0]
+    iso = False
+    if downscale_prob > 0 and rng.random() < downscale_prob:
+        factor = float(rng.uniform(1.25, max_downscale))
+        if rng.random() < 0.5:
+            f, iso = [factor] * 3, True
+        else:
+            f[int(rng.integers(3))] = factor
+    fine = [k for k in levels if k > 1]
+    modes = ["own", "train", "fine"] if fine else ["own", "train"]
+    mode = modes[int(rng.integers(len(modes)))]
+    if mode == "fine":
+        k = int(fine[int(rng.integers(len(fine)))])
+        if iso:
+            f = [1.0, 1.0, 1.0]
+        r = (p // k) * k
+        src = tuple(r // k if fa == 1.0 else max(4, round(r / (k * fa))) for fa in f)
+        out = tuple(r if fa == 1.0 else n for fa, n in zip(f, src, strict=True))
+        return GridSpec(k, (r, r, r), src, out, mode)  # type: ignore[arg-type]
+    src = tuple(max(4, round(p / fa)) for fa in f)
+    out = src if mode == "own" else (p, p, p)
+    return GridSpec(1, (p, p, p), src, out, mode)  # type: ignore[arg-type]
+
+
 class PatchDataset(Dataset):
     """Many-to-many (source, target) patches inside the brain.
+
+    An item is addressed by a plain index (epoch from :meth:`set_epoch`, a ``patch_size``
+    cube at the loaded spacing) or by a key ``(epoch, index, grid)`` with a
+    :class:`GridSpec` or ``None``; either way it is a pure function of the seed and the key,
+    so any number of ``DataLoader`` workers yields the same items in the same order.
 
     Args:
         subjects: loaded subjects (each with ≥ 2 contrasts).
@@ -119,6 +246,8 @@ class PatchDataset(Dataset):
         physics_prior: add the physics prior of the target (:mod:`rtfsyn.prior`) as a second
             source channel (models with ``physics_prior: true``); computed once per
             (subject, source, target) on the whole subject volume and cached.
+        levels: optional finer copies ``{k: [subject at spacing / k or None, ...]}`` (same
+            order as ``subjects``) for :class:`GridSpec` levels ``k > 1``.
     """
 
     def __init__(
@@ -129,6 +258,7 @@ class PatchDataset(Dataset):
         seed: int = 0,
         pairs: Sequence[tuple[str, str]] | None = None,
         physics_prior: bool = False,
+        levels: dict[int, Sequence[Subject | None]] | None = None,
     ) -> None:
         if not subjects:
             raise DatasetError("no training subjects with at least two contrasts")
@@ -149,9 +279,23 @@ class PatchDataset(Dataset):
         self._usable = [i for i, ps in enumerate(self._pairs) if ps]
         if not self._usable:
             raise DatasetError(f"no subject has any of the requested pairs {sorted(allowed or [])}")
-        self._mask_idx = [np.argwhere(s.mask) for s in self.subjects]
+        self.levels: dict[int, list[Subject | None]] = {1: list(self.subjects)}
+        for k, subs in (levels or {}).items():
+            if k > 1 and len(subs) == len(self.subjects):
+                self.levels[int(k)] = list(subs)
+        self._usable_at = {k: [i for i in self._usable if subs[i] is not None]
+                           for k, subs in self.levels.items()}
+        self.levels = {k: v for k, v in self.levels.items() if k == 1 or self._usable_at[k]}
+        # flat C-order indices of brain voxels (int32: 1/6 of np.argwhere's memory)
+        self._mask_idx = {k: [None if s is None else np.flatnonzero(s.mask).astype(np.int32)
+                              for s in subs] for k, subs in self.levels.items()}
         self.physics_prior = bool(physics_prior)
         self._priors: dict[tuple[int, str, str], np.ndarray] = {}
+
+    @property
+    def grid_levels(self) -> list[int]:
+        """Levels ``k`` with usable subjects (1 always; ``k > 1`` where data are fine enough)."""
+        return sorted(self.levels)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
@@ -159,36 +303,111 @@ class PatchDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def sample_spec(self, index: int, epoch: int | None = None) -> PatchSpec:
+    def sample_spec(self, index: int, epoch: int | None = None,
+                    grid: GridSpec | None = None) -> PatchSpec:
         """Draw the random choices of sample ``index`` (deterministic)."""
         epoch = self.epoch if epoch is None else epoch
+        level = 1 if grid is None else grid.level
+        size = (self.patch_size,) * 3 if grid is None else grid.region
+        usable = self._usable if level == 1 else self._usable_at[level]
         rng = np.random.default_rng([self.seed, epoch, index])
-        si = self._usable[int(rng.integers(len(self._usable)))]
+        si = usable[int(rng.integers(len(usable)))]
         source, target = self._pairs[si][int(rng.integers(len(self._pairs[si])))]
-        centre = self._mask_idx[si][int(rng.integers(len(self._mask_idx[si])))]
-        corner = tuple(int(c) - self.patch_size // 2 for c in centre)
+        flat = self._mask_idx[level][si]
+        subj = self.levels[level][si]
+        assert flat is not None and subj is not None
+        centre = np.unravel_index(int(flat[int(rng.integers(len(flat)))]), subj.mask.shape)
+        corner = tuple(int(c) - n // 2 for c, n in zip(centre, size, strict=True))
         return PatchSpec(si, source, target, corner)  # type: ignore[arg-type]
 
-    def extract(self, spec: PatchSpec) -> dict[str, object]:
-        """Cut the patches described by ``spec`` (zero-padded at the volume border)."""
-        s = self.subjects[spec.subject]
-        p = self.patch_size
-        src = _crop(s.volumes[spec.source], spec.corner, p)
-        if self.physics_prior:  # (2, p, p, p): source, physics prior of the target
-            src = np.stack([src, _crop(self.prior(spec.subject, spec.source, spec.target),
-                                       spec.corner, p)])
-        tgt = _crop(s.volumes[spec.target], spec.corner, p)
-        mask = _crop(s.mask.astype(np.float32), spec.corner, p)
+    def extract(self, spec: PatchSpec, grid: GridSpec | None = None) -> dict[str, object]:
+        """Cut the patches described by ``spec`` (zero-padded at the volume border).
+
+        Without ``grid``: ``patch_size`` cubes, metadata voxel size = the subject's spacing.
+        With ``grid``: source ``(1, *grid.source_shape)``, target and mask
+        ``(1, *grid.out_shape)``, metadata voxel sizes of those grids.
+        """
+        if grid is None:
+            s = self.subjects[spec.subject]
+            p = self.patch_size
+            src = _crop(s.volumes[spec.source], spec.corner, p)
+            if self.physics_prior:  # (2, p, p, p): source, physics prior of the target
+                src = np.stack([src, _crop(self.prior(spec.subject, spec.source, spec.target),
+                                           spec.corner, p)])
+            tgt = _crop(s.volumes[spec.target], spec.corner, p)
+            mask = _crop(s.mask.astype(np.float32), spec.corner, p)
+            return {
+                "source": torch.from_numpy(src if src.ndim == 4 else src[None]),
+                "target": torch.from_numpy(tgt)[None],
+                "mask": torch.from_numpy(mask)[None],
+                "source_meta": s.metadata(spec.source),
+                "target_meta": s.metadata(spec.target),
+            }
+        s = self.levels[grid.level][spec.subject]
+        assert s is not None
+        region = grid.region
+        src = _area(_crop(s.volumes[spec.source], spec.corner, region), grid.source_shape)
+        if self.physics_prior:
+            raise DatasetError("out_grids and a physics_prior model cannot be combined yet: "
+                               "set out_grids: false")
+        tgt = _area(_crop(s.volumes[spec.target], spec.corner, region), grid.out_shape)
+        mask = _area(_crop(s.mask, spec.corner, region), grid.out_shape)
+        src_vox = tuple(round(sp * r / n, 4) for sp, r, n in
+                        zip(s.spacing, region, grid.source_shape, strict=True))
+        tgt_vox = tuple(round(sp * r / n, 4) for sp, r, n in
+                        zip(s.spacing, region, grid.out_shape, strict=True))
         return {
-            "source": torch.from_numpy(src if src.ndim == 4 else src[None]),
-            "target": torch.from_numpy(tgt)[None],
-            "mask": torch.from_numpy(mask)[None],
-            "source_meta": s.metadata(spec.source),
-            "target_meta": s.metadata(spec.target),
+            "source": src[None],
+            "target": tgt[None],
+            "mask": mask[None],
+            "source_meta": s.case.metadata[spec.source].with_updates(voxel_size=src_vox),
+            "target_meta": s.case.metadata[spec.target].with_updates(voxel_size=tgt_vox),
         }
 
-    def __getitem__(self, index: int) -> dict[str, object]:
-        return self.extract(self.sample_spec(index))
+    def __getitem__(self, key: int | tuple[int, int, GridSpec | None]) -> dict[str, object]:
+        if isinstance(key, tuple):
+            epoch, index, grid = key
+            return self.extract(self.sample_spec(index, epoch, grid), grid)
+        return self.extract(self.sample_spec(key))
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int, GridSpec | None]]]):
+    """The batches of steps ``start_step … max_steps − 1`` for a ``DataLoader``.
+
+    Step ``s`` is batch ``s mod n`` of epoch ``s // n`` of ``sampler`` (a
+    ``DistributedSampler``, so each rank gets its own share), ``n = len(sampler) //
+    batch_size``; every key carries its epoch and the step's :class:`GridSpec` from
+    ``grid_fn(step)`` (or ``None``). A resumed run therefore continues with exactly the
+    batches an uninterrupted run would have had.
+    """
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, start_step: int,
+                 max_steps: int, grid_fn: Callable[[int], GridSpec | None] | None = None
+                 ) -> None:
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.start_step = int(start_step)
+        self.max_steps = int(max_steps)
+        self.grid_fn = grid_fn
+        self.steps_per_epoch = max(1, len(sampler) // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, GridSpec | None]]]:
+        step = self.start_step
+        indices: list[int] = []
+        current = -1
+        while step < self.max_steps:
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            if epoch != current:
+                self.sampler.set_epoch(epoch)
+                indices = list(self.sampler)
+                current = epoch
+            b = offset * self.batch_size
+            grid = self.grid_fn(step) if self.grid_fn is not None else None
+            yield [(epoch, int(i), grid) for i in indices[b : b + self.batch_size]]
+            step += 1
 
     def prior(self, subject: int, source: str, target: str) -> np.ndarray:
         """The cached physics prior of ``target`` from ``source`` for one subject."""
@@ -211,17 +430,26 @@ def collate(items: list[dict[str, object]]) -> dict[str, object]:
     return out
 
 
-def _crop(vol: np.ndarray, corner: Sequence[int], size: int) -> np.ndarray:
-    out = np.zeros((size, size, size), dtype=np.float32)
+def _crop(vol: np.ndarray, corner: Sequence[int], size: int | Sequence[int]) -> np.ndarray:
+    sizes = (size,) * 3 if isinstance(size, int) else tuple(size)
+    out = np.zeros(sizes, dtype=np.float32)
     src_sl, dst_sl = [], []
-    for c, n in zip(corner, vol.shape, strict=True):
-        a, b = max(c, 0), min(c + size, n)
+    for c, n, m in zip(corner, vol.shape, sizes, strict=True):
+        a, b = max(c, 0), min(c + m, n)
         if b <= a:
             return out
         src_sl.append(slice(a, b))
         dst_sl.append(slice(a - c, b - c))
     out[tuple(dst_sl)] = vol[tuple(src_sl)]
     return out
+
+
+def _area(patch: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    """Area-average a ``(D, H, W)`` patch to ``shape`` (a block mean for integer ratios)."""
+    t = torch.from_numpy(patch)
+    if tuple(t.shape) == tuple(shape):
+        return t
+    return F.interpolate(t[None, None], size=tuple(int(n) for n in shape), mode="area")[0, 0]
 
 
 def split_cases(
