@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from rtfsyn.preprocess import (
 __all__ = [
     "LoadedModel",
     "block_factors",
+    "conditioning_outside",
     "default_model_path",
     "load_model",
     "predict_volume",
@@ -142,6 +144,34 @@ def block_factors(grid_spacing: Sequence[float], model_spacing: float | None) ->
     if model_spacing is None:
         return (1, 1, 1)
     return tuple(max(1, round(model_spacing / s)) for s in grid_spacing)
+
+
+def conditioning_outside(
+    lm: LoadedModel,
+    source_voxel: Sequence[float] | None,
+    target_voxel: Sequence[float] | None,
+    factors: Sequence[float],
+) -> list[str]:
+    """What of the geometry conditioning lies outside the range the model was trained on.
+
+    ``source_voxel``: voxel size of the work grid the model sees (input × ``factors``);
+    ``target_voxel``: the target metadata's voxel size; ``factors``: output voxels per input
+    voxel. Compared with the checkpoint's ``conditioning_range`` (written by ``rtfsyn
+    train``); empty when everything is inside or the checkpoint records no range.
+    """
+    trained = (lm.info.info or {}).get("conditioning_range") or {}
+    seen = {"source_voxel_mm": source_voxel, "target_voxel_mm": target_voxel,
+            "out_factor": factors}
+    out = []
+    for key, values in seen.items():
+        if key not in trained or values is None:
+            continue
+        lo, hi = (float(x) for x in trained[key])
+        bad = [round(float(v), 4) for v in values
+               if float(v) < lo * (1 - 1e-3) or float(v) > hi * (1 + 1e-3)]
+        if bad:
+            out.append(f"{key} {bad} outside the training range [{lo:g}, {hi:g}]")
+    return out
 
 
 def predict_volume(
@@ -351,6 +381,11 @@ def synthesize_image(
         from rtfsyn.prior import prior_for_volume
 
         prior = prior_for_volume(norm[box], src_meta, tgt_meta, mask=bmask[box])
+    work_vox = None if src_meta.voxel_size is None else [
+        v * f for v, f in zip(src_meta.voxel_size, k, strict=True)]
+    outside = conditioning_outside(lm, work_vox, tgt_meta.voxel_size, k)
+    if outside:
+        warnings.warn(f"model {lm.name or lm.info.path}: " + "; ".join(outside), stacklevel=2)
     pred = predict_volume(lm, norm[box], src_meta, tgt_meta, factors=k, overlap=overlap,
                           progress=progress, prior=prior)
     out = np.zeros(data.shape, np.float32)
@@ -372,6 +407,7 @@ def synthesize_image(
         "device": str(lm.device),
         "spacing": None if spacing is None else list(io.spacing_of(grid)),
         "work_factors": list(k),
+        "conditioning_outside_training": outside,
         "source_intensity_range": [lo, hi],
         "output_units": OUTPUT_UNITS,
         "source_contrast_from": contrast_from,

@@ -2,12 +2,27 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from rtfsyn.data import load_cases
 from rtfsyn.errors import DatasetError
 from rtfsyn.training.config import load_train_config
-from rtfsyn.training.dataset import PatchDataset, collate, load_subjects, split_cases
+from rtfsyn.training.dataset import (
+    GridSpec,
+    PatchDataset,
+    StepBatchSampler,
+    _crop,
+    collate,
+    load_subject,
+    load_subject_levels,
+    load_subject_pyramid,
+    load_subjects,
+    sample_grid,
+    split_cases,
+)
 
 
 def test_subjects_are_normalised_and_cropped(tiny_bids) -> None:
@@ -100,3 +115,99 @@ def test_train_config_validation(tmp_path) -> None:
         load_train_config("nope")
     cfg = load_train_config({"pairs": ["t1:t2", "T1w:FLAIR"]})
     assert cfg.pairs == [("T1w", "T2w"), ("T1w", "FLAIR")]
+
+
+# --------------------------------------------------------------------- output grids, loader
+def _levels_dataset(tiny_bids, **kw) -> PatchDataset:
+    pyramid = load_subject_pyramid(load_cases(tiny_bids), 2.0, (1, 2), progress=False)
+    return PatchDataset([lv[1] for lv in pyramid], patch_size=12, samples_per_epoch=16,
+                        seed=3, levels={2: [lv[2] for lv in pyramid]}, **kw)
+
+
+def test_subject_levels_only_where_the_data_are_fine_enough(tiny_bids) -> None:
+    case = load_cases(tiny_bids)[0]
+    levels = load_subject_levels(case, 2.0, (1, 2, 4))
+    assert levels[1].spacing == (2.0, 2.0, 2.0) and levels[2].spacing == (1.0, 1.0, 1.0)
+    assert levels[2].native_spacing == 1.0
+    assert levels[4] is None  # 0.5 mm targets from 1 mm data would only be interpolations
+    # level 1 is exactly what load_subject gives (the original training data)
+    plain = load_subject(case, 2.0)
+    for c in plain.volumes:
+        np.testing.assert_array_equal(plain.volumes[c], levels[1].volumes[c])
+
+
+def test_sample_grid_modes_and_determinism() -> None:
+    grids = [sample_grid(0, s, 0, 32, 0.3, 2.0, (1, 2)) for s in range(300)]
+    assert grids == [sample_grid(0, s, 0, 32, 0.3, 2.0, (1, 2)) for s in range(300)]
+    assert grids != [sample_grid(0, s, 1, 32, 0.3, 2.0, (1, 2)) for s in range(300)]
+    assert {g.mode for g in grids} == {"own", "train", "fine"}
+    for g in grids:
+        if g.mode == "own":
+            assert g.level == 1 and g.out_shape == g.source_shape
+        elif g.mode == "train":
+            assert g.level == 1 and g.out_shape == (32, 32, 32)
+        else:  # inference for an input at spacing / k: block average by k, output k× finer
+            assert g.level == 2 and g.region == (32, 32, 32)
+            for n, m in zip(g.source_shape, g.out_shape, strict=True):
+                assert (n == 16 and m == 32) or m == n  # fine axis, or a thick axis kept
+    assert all(g.level == 1 for g in (sample_grid(0, s, 0, 32, 0.3, 2.0) for s in range(50)))
+
+
+def test_fine_grid_item_is_what_inference_feeds_the_model(tiny_bids) -> None:
+    ds = _levels_dataset(tiny_bids)
+    assert ds.grid_levels == [1, 2]
+    grid = GridSpec(2, (12, 12, 12), (6, 6, 6), (12, 12, 12), "fine")
+    spec = ds.sample_spec(5, 0, grid)
+    item = ds[(0, 5, grid)]
+    assert item["source"].shape == (1, 6, 6, 6) and item["target"].shape == (1, 12, 12, 12)
+    assert item["source_meta"].voxel_size == (2.0, 2.0, 2.0)
+    assert item["target_meta"].voxel_size == (1.0, 1.0, 1.0)
+    fine = ds.levels[2][spec.subject]
+    region = torch.from_numpy(_crop(fine.volumes[spec.source], spec.corner, 12))
+    # predict_volume block-averages the 1 mm input by k = 2: the same source
+    torch.testing.assert_close(item["source"], F.avg_pool3d(region[None, None], 2)[0])
+    np.testing.assert_array_equal(item["target"][0].numpy(),
+                                  _crop(fine.volumes[spec.target], spec.corner, 12))
+    own = GridSpec(1, (12, 12, 12), (8, 12, 12), (8, 12, 12), "own")
+    item = ds[(0, 5, own)]
+    assert item["source_meta"].voxel_size == item["target_meta"].voxel_size == (3.0, 2.0, 2.0)
+    assert item["target"].shape == (1, 8, 12, 12)
+
+
+def _batches(ds, workers: int, start: int = 0, rank: int = 0) -> list[dict]:
+    sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3,
+                                 drop_last=True)
+    bs = StepBatchSampler(sampler, 2, start, 9,
+                          lambda s: sample_grid(3, s, rank, 12, 0.5, 2.0, (1, 2)))
+    loader = DataLoader(ds, batch_sampler=bs, num_workers=workers, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(0))
+    return list(loader)
+
+
+def test_loader_is_independent_of_workers_and_resumable(tiny_bids) -> None:
+    ds = _levels_dataset(tiny_bids)
+    rng_before = torch.get_rng_state()
+    serial = _batches(ds, 0)
+    assert torch.equal(rng_before, torch.get_rng_state())  # the global RNG is untouched
+    assert len(serial) == 9 and len({b["target"].shape for b in serial}) > 1
+    parallel = _batches(ds, 2)
+    resumed = _batches(ds, 0, start=4)
+    other_rank = _batches(ds, 0, rank=1)
+    for a, b in zip(serial, parallel, strict=True):
+        for key in ("source", "target", "mask"):
+            assert torch.equal(a[key], b[key])
+        assert a["target_meta"] == b["target_meta"]
+    for a, b in zip(serial[4:], resumed, strict=True):
+        assert torch.equal(a["source"], b["source"])
+    assert not all(torch.equal(a["source"], b["source"]) if a["source"].shape ==
+                   b["source"].shape else False for a, b in zip(serial, other_rank, strict=True))
+
+
+def test_plain_index_items_are_unchanged(tiny_bids) -> None:
+    """Without output grids a key (epoch, i, None) is the old ``dataset[i]`` of that epoch."""
+    ds = _levels_dataset(tiny_bids)
+    ds.set_epoch(2)
+    for i in range(6):
+        a, b = ds[i], ds[(2, i, None)]
+        assert torch.equal(a["source"], b["source"]) and a["target_meta"] == b["target_meta"]
+        assert a["source"].shape == (1, 12, 12, 12)

@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
 import rtfsyn
+import rtfsyn.io
+import rtfsyn.training.trainer as trainer_mod
 from _tiny import TINY_MODEL
 from rtfsyn.checkpoint import load_checkpoint, read_checkpoint_info
 from rtfsyn.errors import RtfsynError
 from rtfsyn.training.config import load_train_config
-from rtfsyn.training.trainer import train
+from rtfsyn.training.trainer import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,3 +114,141 @@ def test_ddp_two_cpu_processes_end_identical(tiny_bids, tmp_path) -> None:
     digests = json.loads((tmp_path / "ddp" / "ddp_ranks.json").read_text())["digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "world size 2" in proc.stderr
+
+
+#: per-step losses of the trainer before the DataLoader / out_grids rewrite (main @ 845de79,
+#: tiny_config(max_steps=20, val_every=100, ckpt_every=100)); out_grids off must reproduce them
+LOSSES_BEFORE = [
+    1.82118821144104, 1.7197421789169312, 1.6893436908721924, 1.499727487564087,
+    1.0613315105438232, 0.7824208736419678, 0.6212416887283325, 0.8117138743400574,
+    0.7080802917480469, 0.9154441356658936, 0.88397216796875, 0.6941860318183899,
+    0.7173963189125061, 0.7844111323356628, 0.5423493385314941, 0.5233798027038574,
+    0.5054269433021545, 0.6222046613693237, 0.5263040065765381, 0.554877758026123,
+]
+
+
+def _record_losses(monkeypatch) -> list[float]:
+    losses: list[float] = []
+    orig = trainer_mod.synthesis_loss
+
+    def recording(*args, **kwargs):
+        loss, parts = orig(*args, **kwargs)
+        losses.append(parts["loss"])
+        return loss, parts
+
+    monkeypatch.setattr(trainer_mod, "synthesis_loss", recording)
+    return losses
+
+
+def test_first_steps_match_the_trainer_before_the_rewrite(tiny_bids, tmp_path,
+                                                           monkeypatch) -> None:
+    losses = _record_losses(monkeypatch)
+    # the whole run after setup must not read a file: volumes are cached in memory
+    real_load = rtfsyn.io.load_nifti
+    reading = {"allowed": True}
+
+    def guarded(*args, **kwargs):
+        assert reading["allowed"], f"file I/O during training steps: {args[0]}"
+        return real_load(*args, **kwargs)
+
+    real_make_loader = trainer_mod.make_loader
+
+    def make_loader(run):
+        reading["allowed"] = False
+        return real_make_loader(run)
+
+    monkeypatch.setattr(rtfsyn.io, "load_nifti", guarded)
+    monkeypatch.setattr(trainer_mod, "make_loader", make_loader)
+    cfg = tiny_config(max_steps=20, val_every=100, ckpt_every=100, num_workers=0)
+    assert not cfg.out_grids
+    train([tiny_bids], cfg, tmp_path / "run", progress=False, device="cpu")
+    assert not reading["allowed"]
+    np.testing.assert_allclose(losses, LOSSES_BEFORE, rtol=1e-4, atol=1e-6)
+
+
+def test_out_grids_put_inference_conditioning_in_the_training_range(tiny_bids, tmp_path
+                                                                    ) -> None:
+    """A 1 mm input to a 2 mm model: target 1 mm, work grid 2 mm, output grid factor 2."""
+    from rtfsyn.inference import conditioning_outside, load_model, synthesize_image
+
+    def inference_conditioning(ckpt):
+        lm = load_model(ckpt, "cpu")
+        seen = []
+        forward = lm.model.forward
+
+        def spy(image, source_meta, target_meta, out_shape=None):
+            seen.append((source_meta[0].voxel_size, target_meta[0].voxel_size,
+                         [o / i for i, o in zip(image.shape[2:], out_shape, strict=True)]))
+            return forward(image, source_meta, target_meta, out_shape=out_shape)
+
+        lm.model.forward = spy
+        src = tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+        res = synthesize_image(src, "T2w", "TR=4000,TE=90", model=lm)
+        assert seen and res.provenance["work_factors"] == [2, 2, 2]
+        return lm, seen, res
+
+    runs = {}
+    for on in (True, False):
+        cfg = tiny_config(max_steps=8, val_every=100, out_grids=on, max_out_factor=2)
+        runs[on] = train([tiny_bids], cfg, tmp_path / f"run{on}", progress=False,
+                         device="cpu")
+    info = read_checkpoint_info(runs[True].final_checkpoint).info
+    trained = info["conditioning_range"]
+    assert trained["target_voxel_mm"][0] == 1.0 and trained["out_factor"][1] >= 2.0
+    lm, seen, res = inference_conditioning(runs[True].final_checkpoint)
+    for src_vox, tgt_vox, factor in seen:
+        for key, values in (("source_voxel_mm", src_vox), ("target_voxel_mm", tgt_vox),
+                            ("out_factor", factor)):
+            lo, hi = trained[key]
+            assert all(lo - 1e-6 <= v <= hi + 1e-6 for v in values), (key, values, lo, hi)
+    assert res.provenance["conditioning_outside_training"] == []
+    assert conditioning_outside(lm, *seen[0]) == []
+    # without output grids (the old trainer) the 1 mm target was never seen in training
+    old = read_checkpoint_info(runs[False].final_checkpoint).info["conditioning_range"]
+    assert old["target_voxel_mm"] == [2.0, 2.0]
+    with pytest.warns(UserWarning, match="target_voxel_mm .* outside the training range"):
+        lm, seen, res = inference_conditioning(runs[False].final_checkpoint)
+    assert any("target_voxel_mm" in m for m in res.provenance["conditioning_outside_training"])
+
+
+def test_nan_loss_stops_before_the_optimizer_step(tiny_bids, tmp_path, monkeypatch) -> None:
+    orig = trainer_mod.synthesis_loss
+    calls = {"loss": 0, "step": 0}
+
+    def nan_at_step_2(*args, **kwargs):
+        loss, parts = orig(*args, **kwargs)
+        calls["loss"] += 1
+        if calls["loss"] == 2:
+            loss, parts = loss * float("nan"), {**parts, "loss": float("nan")}
+        return loss, parts
+
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        calls["step"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "synthesis_loss", nan_at_step_2)
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    with pytest.raises(NonFiniteLossError, match=r"^loss became nan at step 2: lower --lr"):
+        train([tiny_bids], tiny_config(val_every=100), tmp_path / "run", progress=False,
+              device="cpu")
+    assert calls == {"loss": 2, "step": 1}
+
+
+def test_cuda_rng_states_are_saved_and_restored(tiny_bids, tmp_path, monkeypatch) -> None:
+    """Without a GPU: fake the CUDA RNG API and check the state round trip."""
+    fake = [torch.arange(4, dtype=torch.uint8), torch.arange(4, 8, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    cfg = tiny_config(max_steps=2, val_every=100, ckpt_every=1)
+    train([tiny_bids], cfg, tmp_path / "run", progress=False, device="cpu",
+          stop_after_steps=1)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.state.pt", weights_only=False)
+    assert [t.tolist() for t in state["cuda_rng"]] == [t.tolist() for t in fake]
+    train([tiny_bids], cfg, tmp_path / "run", progress=False, device="cpu", resume=True)
+    assert len(restored) == 1 and [t.tolist() for t in restored[0]] == [[0, 1, 2, 3],
+                                                                        [4, 5, 6, 7]]
