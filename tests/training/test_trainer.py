@@ -97,24 +97,60 @@ def test_resume_errors(tiny_bids, tmp_path) -> None:
               device="cpu")
 
 
-def test_ddp_two_cpu_processes_end_identical(tiny_bids, tmp_path) -> None:
+def _ddp_command(data: Path, tmp_path: Path, script: list[str], port: int, out: str
+                 ) -> list[str]:
     cfg = tmp_path / "cfg.yaml"
     import yaml
 
     cfg.write_text(yaml.safe_dump(tiny_config(max_steps=4, val_every=100).model_dump(
         mode="json")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "rtfsyn", "train", "--data", str(tiny_bids),
-           "--config", str(cfg), "--out", str(tmp_path / "ddp"), "--device", "cpu",
-           "--no-progress"]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(port), *script, "train", "--data", str(data),
+            "--config", str(cfg), "--out", str(tmp_path / out), "--device", "cpu",
+            "--no-progress"]
+
+
+#: run by torchrun: rank 1 gets a NaN loss at its 2nd step, then the normal CLI runs
+NAN_ON_RANK_1 = """
+import os
+import rtfsyn.training.trainer as T
+orig, calls = T.synthesis_loss, [0]
+def nan_on_rank_1(*args, **kwargs):
+    loss, parts = orig(*args, **kwargs)
+    calls[0] += 1
+    if os.environ["RANK"] == "1" and calls[0] == 2:
+        loss, parts = loss * float("nan"), {**parts, "loss": float("nan")}
+    return loss, parts
+T.synthesis_loss = nan_on_rank_1
+from rtfsyn.cli import main
+main()
+"""
+
+
+def test_ddp_two_cpu_processes_end_identical(tiny_bids, tmp_path) -> None:
+    # this checkout's package (not whichever rtfsyn the interpreter has installed)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
+    cmd = _ddp_command(tiny_bids, tmp_path, ["-m", "rtfsyn"], 29533, "ddp")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = json.loads((tmp_path / "ddp" / "ddp_ranks.json").read_text())["digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "world size 2" in proc.stderr
-
+    # a NaN on one rank stops every rank at the same step, each with the one-line error
+    script = tmp_path / "nan_rank1.py"
+    script.write_text(NAN_ON_RANK_1)
+    cmd = _ddp_command(tiny_bids, tmp_path, [str(script)], 29534, "ddp-nan")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240,
+                          check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "loss became" in ln]
+    assert len(lines) == 2, proc.stderr[-3000:]  # one per rank, no hang
+    for line in lines:
+        assert "error: loss became" in line and "at step 2 on rank 1: lower --lr" in line
+    assert "exitcode  : 2" in proc.stderr  # rtfsyn's clean user-error exit, not a crash
+    assert "rtfsyn/training" not in proc.stderr  # no traceback from the ranks themselves
 
 #: per-step losses of the trainer before the DataLoader / out_grids rewrite (main @ 845de79,
 #: tiny_config(max_steps=20, val_every=100, ckpt_every=100)); out_grids off must reproduce them
