@@ -9,10 +9,27 @@ Run folder layout (``--out runs/NAME``)::
     tensorboard/                scalars and image panels
     metrics.jsonl               validation results, one JSON line per evaluation
 
-Determinism: sample ``i`` of epoch ``e`` depends only on ``(seed, e, i)``; the down-scaling of
-step ``s`` only on ``(seed, s)``; the torch RNG state is saved with each checkpoint. A run
-stopped at a checkpoint and resumed therefore reaches the same weights as an uninterrupted
-run (bit-exact on CPU).
+Structure: :func:`train` = ``_setup`` (process group, data cached in memory, model,
+optimiser) → ``_resume`` (weights, optimiser, schedule, EMA, CPU and CUDA RNG states) →
+``_loop`` (a ``DataLoader`` with a ``DistributedSampler`` feeds ``_train_step``;
+``_validate`` is sharded over ranks; ``_save``) → ``_finish``; the process group it created
+is destroyed at the end, also after an error.
+
+Determinism: sample ``i`` of epoch ``e`` depends only on ``(seed, e, i)``; the down-scaling
+and output grid of step ``s`` only on ``(seed, s, rank)``; items are pure functions of these
+keys, so the batches do not depend on the number of ``DataLoader`` workers. The torch (and
+CUDA) RNG states are saved with each checkpoint. A run stopped at a checkpoint and resumed
+therefore reaches the same weights as an uninterrupted run (bit-exact on CPU).
+
+Output grids (``out_grids``, on in ``train-cpu`` / ``train-gpu``): each step's target is on
+the source's own grid, on the training grid, or on a ``k``-times finer grid of a source at
+the training spacing (block-averaged, as inference does for an input at ``spacing / k``).
+The range of source / target voxel sizes and output-grid factors seen is stored in the
+checkpoint info (``conditioning_range``) and checked at inference
+(:func:`rtfsyn.inference.conditioning_outside`).
+
+A NaN/inf loss on any rank stops every rank before ``optimizer.step()`` with one
+:class:`NonFiniteLossError` line.
 """
 
 from __future__ import annotations
