@@ -79,6 +79,11 @@ def csf_wm_ratio(model_path: Path, labels: np.ndarray, te: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not met today: after 60 steps the tiny model's CSF/WM ratio is flat in TE "
+    "(32.94, 32.95, 32.98, 32.99, 32.99 for TE 30-200 ms; truth 1.8 -> 6.5 for 50 -> 150 ms); "
+    "the bundled model's T2w CSF/WM even falls with TE (1.178 -> 1.146, 20 -> 200 ms). "
+    "strict: this test fails as soon as a model meets it, so the marker must then go"))
 def test_t2w_csf_wm_ratio_rises_with_echo_time(tmp_path) -> None:
     torch.set_num_threads(2)
     data = write_te_phantom(tmp_path / "te", n_subjects=8)
