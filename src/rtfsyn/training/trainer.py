@@ -9,8 +9,8 @@ Run folder layout (``--out runs/NAME``)::
     tensorboard/                scalars and image panels
     metrics.jsonl               validation results, one JSON line per evaluation
 
-Structure: :func:`train` = ``_setup`` (process group, data cached in memory, model,
-optimiser) → ``_resume`` (weights, optimiser, schedule, EMA, CPU and CUDA RNG states) →
+Structure: :func:`train` = ``_init_process_group`` → ``_setup`` (data cached in memory,
+model, optimiser) → ``_resume`` (weights, optimiser, schedule, EMA, CPU and CUDA RNG states) →
 ``_loop`` (a ``DataLoader`` with a ``DistributedSampler`` feeds ``_train_step``;
 ``_validate`` is sharded over ranks; ``_save``) → ``_finish``; the process group it created
 is destroyed at the end, also after an error.
@@ -253,7 +253,6 @@ class _Run:
     step: int = 0
     best_psnr: float = -math.inf
     seen: ConditioningRange = field(default_factory=ConditioningRange)
-    own_process_group: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -314,21 +313,34 @@ def train(
     """
     t_start = time.time()
     console = console or Console(stderr=True)
-    run = _setup(data, config, out_dir, resume=resume, holdout_site=holdout_site,
-                 device=device, progress=progress, init_from=init_from, console=console)
+    own_pg = _init_process_group(device)
+    run = None
     try:
+        run = _setup(data, config, out_dir, resume=resume, holdout_site=holdout_site,
+                     device=device, progress=progress, init_from=init_from, console=console)
         if resume:
             _resume(run)
         step, stop_early, val_metrics = _loop(run, progress, stop_after_steps, console)
         final = _finish(run, val_metrics, stop_early)
     finally:
-        if run.writer is not None:
+        if run is not None and run.writer is not None:
             run.writer.close()
-        if run.own_process_group and dist.is_initialized():
+        if own_pg and dist.is_initialized():
             dist.destroy_process_group()
+    assert run is not None
     best = run.ckpt_dir / "best.safetensors"
     return TrainResult(run.out, step, run.last_ckpt, final, best if best.exists() else None,
                        val_metrics, stop_early, time.time() - t_start)
+
+
+def _init_process_group(device: str) -> bool:
+    """Join the ``torchrun`` process group (NCCL on GPUs, else gloo); True if created here."""
+    world, _, _ = _dist_info()
+    if world <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
 
 
 def _setup(
@@ -336,17 +348,12 @@ def _setup(
     holdout_site: str | None, device: str, progress: bool, init_from: str | Path | None,
     console: Console,
 ) -> _Run:
-    """Process group, device, run-folder checks, data (cached in memory), model, optimiser."""
+    """Device, run-folder checks, data (cached in memory), model, optimiser."""
     from rtfsyn.device import resolve_device
     from rtfsyn.models import ModelConfig, build_model
 
     world, rank, local_rank = _dist_info()
     distributed = world > 1
-    own_pg = False
-    if distributed and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-        dist.init_process_group(backend=backend)
-        own_pg = True
     if distributed and torch.cuda.is_available() and device != "cpu":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -429,7 +436,7 @@ def _setup(
     return _Run(config=config, dev=dev, world=world, rank=rank, out=out, model=model, net=model,
                 optimizer=optimizer, scheduler=scheduler, ema=ema, dataset=dataset,
                 val_subjects=val_subjects, run_config=run_config, split_info=split_info,
-                say=say, own_process_group=own_pg)
+                say=say)
 
 
 def _resume(run: _Run) -> None:
