@@ -24,7 +24,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,7 +384,8 @@ def synthesize_image(
         v * f for v, f in zip(src_meta.voxel_size, k, strict=True)]
     outside = conditioning_outside(lm, work_vox, tgt_meta.voxel_size, k)
     if outside:
-        warnings.warn(f"model {lm.name or lm.info.path}: " + "; ".join(outside), stacklevel=2)
+        warnings_.append(f"model {lm.name or lm.info.path} was not trained on this geometry: "
+                         + "; ".join(outside))
     pred = predict_volume(lm, norm[box], src_meta, tgt_meta, factors=k, overlap=overlap,
                           progress=progress, prior=prior)
     out = np.zeros(data.shape, np.float32)
