@@ -213,10 +213,10 @@ def sweep(c: dict[str, Any], model: Any, spacing: float | None) -> list[dict[str
     mask_img = io.like(mask.astype(np.uint8), c["t1_img"])
     t1_raw = c["data"]["T1w"]
     if spacing is not None:
-        grid = io.resample_to_spacing(io.to_canonical(c["t1_img"]), spacing)
+        # synthesize(spacing=...) keeps the input's orientation (issue 13): same grid here
+        grid = io.resample_to_spacing(c["t1_img"], spacing)
         t1_raw = np.asarray(grid.dataobj, dtype=np.float32)
-        mask = np.asarray(io.resample_to_reference(io.to_canonical(mask_img), grid, order=0)
-                          .dataobj) > 0.5
+        mask = np.asarray(io.resample_to_reference(mask_img, grid, order=0).dataobj) > 0.5
     t1 = robust_normalize(t1_raw, mask)[0]
     classes = three_class_segmentation(t1, mask)
     csf, wm = classes == 1, classes == 3
