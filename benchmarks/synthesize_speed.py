@@ -101,10 +101,12 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     if "blend" in inf.predict_volume.__code__.co_varnames:
         inf.predict_volume = functools.partial(inf.predict_volume, blend="monai")
     windows = [0]
+    roi: list[tuple[int, ...]] = []
     forward = lm.model.forward
 
     def counting(image: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
         windows[0] += image.shape[0]
+        roi.append(tuple(int(s) for s in image.shape[2:]))
         return forward(image, *a, **k)
 
     lm.model.forward = counting  # type: ignore[method-assign]
@@ -114,14 +116,18 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     peak = peak_rss_mb()
     out = np.asarray(res.image.dataobj, dtype=np.float32)
     np.save(args.save, out)
-    # FLOPs of one window (work-grid window, output k× finer), same decoder path
+    # FLOPs of one window (the work-grid window run, output k× finer). Counted on the
+    # general decoder path: the fast path runs the same MLP matmuls, partly through a
+    # fused oneDNN op that the counter does not see (and skips the per-query relative /
+    # cell / skip projections, a few % of the total)
     k = res.provenance.get("work_factors", [1, 1, 1])
-    w = lm.window
-    x = torch.rand(1, 1, w, w, w)
+    x = torch.rand(1, 1, *roi[0])
     src = [Metadata(contrast="T1w", voxel_size=tuple(float(f) for f in k))]
     tgt = [Metadata(contrast="T2w", voxel_size=(1.0, 1.0, 1.0))]
+    if dec is not None and hasattr(dec, "fast_path"):
+        dec.fast_path = False
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        forward(x, src, tgt, out_shape=tuple(w * int(f) for f in k))
+        forward(x, src, tgt, out_shape=tuple(r * int(f) for r, f in zip(roi[0], k, strict=True)))
     total = counter.get_total_flops() * windows[0]
     return {"seconds": seconds, "peak_mb": peak, "windows": windows[0],
             "flops_per_window": counter.get_total_flops(), "flops_total": total,
@@ -147,7 +153,8 @@ def run_probe(model: Path, image: Path, save: Path, threads: int, general: bool 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155])
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
+    ap.add_argument("--rows", default=",".join(ROWS),
+                    help=f"subset of {','.join(ROWS)}, or baseline-ARCH (baseline commit, ARCH)")
     ap.add_argument("--baseline", default="845de79", help="commit of the 'baseline' row")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: rtfsyn default)")
     ap.add_argument("--out", type=Path,
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         nib.save(nib.Nifti1Image(head_phantom(args.shape), np.eye(4)), image)
         models = twins(resolve_model_path(None), root)
         base_tree = None
-        if "baseline" in rows_wanted:
+        if any(r.startswith("baseline") for r in rows_wanted):
             base_tree = root / "baseline"
             base_tree.mkdir()
             archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline, "src"],
@@ -194,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         save()
         ref_out: np.ndarray | None = None
         for name in rows_wanted:
-            arch = "rtfsyn" if name in ("rtfsyn-general", "baseline") else name
+            base_row = name.startswith("baseline")
+            arch = ("rtfsyn" if name in ("rtfsyn-general", "baseline")
+                    else name.split("-", 1)[1] if base_row else name)
             out_npy = root / f"{name}.npy"
             r = run_probe(models[arch], image, out_npy, args.threads,
                           general=name == "rtfsyn-general",
-                          tree=base_tree if name == "baseline" else None)
+                          tree=base_tree if base_row else None)
             r["model"] = name
             r["of_conv3d_ceiling"] = r["gflops_achieved"] / result["conv3d_gflops"]
             if arch == "rtfsyn":

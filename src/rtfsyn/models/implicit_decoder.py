@@ -354,10 +354,13 @@ def _linear_relu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``relu(layer(x))``; without autograd on CPU one oneDNN matmul with the bias and ReLU
     fused (about 1.25× faster than ``linear`` + ``relu_`` for 64-wide layers, same result
     to float32 rounding)."""
-    if _fused_ok(x) and x.dtype == layer.weight.dtype:
+    w, b = layer.weight, layer.bias
+    if x.dtype != w.dtype and torch.is_autocast_enabled("cpu"):
+        w, b = w.to(x.dtype), None if b is None else b.to(x.dtype)
+    if _fused_ok(x) and x.dtype == w.dtype:
         try:
-            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), layer.weight,
-                                                   layer.bias, "relu", [None], "")
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), w, b, "relu",
+                                                   [None], "")
             return y.view(*x.shape[:-1], -1)
         except RuntimeError:  # pragma: no cover - op unavailable in this build
             pass
