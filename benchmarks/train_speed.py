@@ -69,6 +69,8 @@ def run_tree(tree: Path, data: Path, out: Path, steps: int, threads: int) -> dic
     driver = out.parent / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    if threads > 0:  # the trainer sets its own thread count unless OMP_NUM_THREADS is set
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([sys.executable, str(driver), str(data), str(out), str(steps),
                            str(threads)], capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
