@@ -129,6 +129,10 @@ def load_model(
             f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]})"
         )
     dev = torch.device(device)
+    if dev.type == "cpu":
+        from rtfsyn.device import configure_threads
+
+        configure_threads()
     net.to(dev).eval()
     train = info.config.get("train", {})
     return LoadedModel(
@@ -173,6 +177,67 @@ def conditioning_outside(
     return out
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes of memory available for work on ``device`` (``MemAvailable``; free CUDA memory)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def configure_decoder(model: torch.nn.Module, device: torch.device,
+                      memory: int | None = None) -> dict[str, int]:
+    """Set the implicit decoder's chunk sizes from the memory available on ``device``.
+
+    A query of the general path holds ~6 tensors of ``8 × hidden`` floats, a voxel of the
+    grid path ~10 of ``hidden``; a chunk may use 1/16 of the available memory. On CPU the
+    chunks are further capped at the cache-friendly sizes measured fastest on a 2-core VM
+    (4 096 queries, 8 192 voxels: larger chunks were slower, not faster); on CUDA only the
+    memory bound applies. Returns the sizes set (empty without an implicit decoder).
+    """
+    from rtfsyn.models.implicit_decoder import ImplicitDecoder
+
+    dec = getattr(model, "decoder", None)
+    if not isinstance(dec, ImplicitDecoder):
+        return {}
+    budget = (available_memory(device) if memory is None else memory) // 16
+    per_query = 6 * 8 * dec.hidden * 4
+    per_voxel = 10 * dec.hidden * 4
+    cap_q, cap_v = (4096, 8192) if device.type == "cpu" else (2**22, 2**22)
+    dec.chunk_size = int(max(256, min(cap_q, budget // per_query)))
+    dec.grid_chunk = int(max(256, min(cap_v, budget // per_voxel)))
+    return {"chunk_size": dec.chunk_size, "grid_chunk": dec.grid_chunk}
+
+
+def _window_bytes(lm: LoadedModel, roi: Sequence[int], k: Sequence[int]) -> int:
+    """Rough peak bytes of one sliding window through the model (for batching windows)."""
+    n_in = math.prod(int(r) for r in roi)
+    n_out = n_in * math.prod(int(f) for f in k)
+    dec = getattr(lm.model, "decoder", None)
+    grid_chunk = int(getattr(dec, "grid_chunk", n_out))
+    hidden = int(getattr(dec, "hidden", 64))
+    # encoder/fusion activations (~16 full-resolution 16-channel tensors), the window's
+    # output and weights, and the decoder's slab working set
+    return n_in * 4 * 16 * 16 + n_out * 4 * 4 + min(grid_chunk, n_out) * hidden * 4 * 10
+
+
+def blend_weights(roi: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """Separable Gaussian blending weights ``roi`` (float32), MONAI's 1-D profile per axis
+    (σ = ``sigma_scale`` × size, centred) without its clamp: smooth down to the faces."""
+    w = torch.ones(())
+    for n in roi:
+        x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32)
+        g = torch.exp(x**2 / (-2 * (n * sigma_scale) ** 2))
+        w = w.unsqueeze(-1) * g
+    return w
+
+
 def predict_volume(
     lm: LoadedModel,
     source: np.ndarray,
@@ -182,9 +247,12 @@ def predict_volume(
     factors: Sequence[int] = (1, 1, 1),
     window: int | None = None,
     overlap: float = 0.25,
-    sw_batch_size: int = 1,
+    sw_batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     prior: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    precision: str = "fp32",
+    blend: str = "gaussian",
 ) -> np.ndarray:
     """Synthesize a normalised volume on the grid of ``source`` (shape ``(D, H, W)``).
 
@@ -192,51 +260,111 @@ def predict_volume(
     ``factors``-times finer grid, cropped back to ``source.shape``. A model trained with the
     physics prior (``physics_prior: true``) gets ``prior`` (same shape; computed here from
     ``source`` by :func:`rtfsyn.prior.prior_for_volume` when not given) as a second channel.
-    """
-    from monai.inferers import sliding_window_inference
 
+    Sliding windows of ``window`` voxels with ``overlap``, the windows of MONAI's
+    ``sliding_window_inference`` in its order, blended by normalised weights, streamed:
+    each window's weighted output is added straight into the float32 result (``out`` if
+    given, an array of ``source.shape``), and the sum of weights is kept on the small work
+    grid (the weights are a nearest-neighbour up-sampling of the work-grid map, so their
+    sum is too). No full-resolution copy of the source or of the weights is made.
+
+    ``blend="gaussian"`` (default): separable Gaussian weights (σ = window/8 per axis)
+    that fall smoothly to ~5e-4 of the centre at every window face (:func:`blend_weights`).
+    ``blend="monai"``: MONAI's map, which clamps every weight below 1e-3 up to 1e-3: where
+    all windows covering a voxel are far from their centres (near the faces along other
+    axes), a window's clamped edge then weighs as much as the others and its weight jumps
+    from 0 to 1e-3 at its face, which printed the window grid onto outputs as seams
+    (issue 13). ``monai`` reproduces MONAI's ``sliding_window_inference`` to float32
+    rounding (tested); it is kept for comparison.
+
+    Args:
+        sw_batch_size: windows per model call; default: as many as fit in 1/8 of the
+            available memory, at most 4.
+        precision: ``fp32``, or ``bf16`` (autocast on CPU; CUDA always uses bf16 autocast).
+    """
+    from monai.data.utils import compute_importance_map, dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    if precision not in ("fp32", "bf16"):
+        raise RtfsynError(f"precision {precision!r} is unknown: use fp32 or bf16")
     k = tuple(int(f) for f in factors)
     window = int(window or lm.window)
-    shape = np.array(source.shape)
-    padded = (np.ceil(shape / k) * k).astype(int)
-    channels = [source]
+    shape = tuple(int(s) for s in source.shape)
+    pad = [int(math.ceil(s / f) * f) - s for s, f in zip(shape, k, strict=True)]
+    channels = [np.ascontiguousarray(source, dtype=np.float32)]
     if _wants_prior(lm):
         from rtfsyn.prior import prior_for_volume
 
-        channels.append(prior if prior is not None else
-                        prior_for_volume(source, source_meta, target_meta))
-    vol = np.zeros((len(channels), *padded), np.float32)
-    for i, c in enumerate(channels):
-        vol[i, : shape[0], : shape[1], : shape[2]] = c
-    x = torch.from_numpy(vol)[None]
+        channels.append(np.ascontiguousarray(
+            prior if prior is not None else prior_for_volume(source, source_meta, target_meta),
+            dtype=np.float32))
+    x = torch.from_numpy(np.stack(channels) if len(channels) > 1 else channels[0][None])[None]
+    if any(pad):
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))  # zeros, as before
     if any(f > 1 for f in k):
         x = F.avg_pool3d(x, kernel_size=k, stride=k)
     work_vox = tuple(float(v) * f for v, f in zip(source_meta.voxel_size or (1.0,) * 3, k,
                                                     strict=True))
     src_meta = source_meta.with_updates(voxel_size=work_vox)
-    roi = tuple(min(window, s) if s < window else window for s in x.shape[2:])
-    n_windows = _count_windows(x.shape[2:], roi, overlap)
-    done = [0]
-
-    def predictor(batch: torch.Tensor) -> torch.Tensor:
-        out_shape = tuple(int(s * f) for s, f in zip(batch.shape[2:], k, strict=True))
-        n = batch.shape[0]
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16,
-                            enabled=lm.device.type == "cuda"):
-            y = lm.model(batch, [src_meta] * n, [target_meta] * n, out_shape=out_shape)
-        done[0] += n
-        if progress is not None:
-            progress(done[0], n_windows)
-        return y.float()
-
+    size = tuple(int(s) for s in x.shape[2:])
+    roi = tuple(min(window, s) for s in size)
+    slices = dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3))
+    n_windows = len(slices)
+    if blend == "monai":
+        imp = compute_importance_map(roi, mode="gaussian", sigma_scale=0.125, device="cpu",
+                                     dtype=torch.float32)
+    elif blend == "gaussian":
+        imp = blend_weights(roi)
+    else:
+        raise RtfsynError(f"blend {blend!r} is unknown: use gaussian or monai")
+    count = torch.zeros(size, dtype=torch.float32)
+    for sl in slices:
+        count[sl] += imp
+    w_out = imp
+    for d, f in enumerate(k):
+        w_out = w_out.repeat_interleave(f, dim=d) if f > 1 else w_out
+    w_out = w_out.to(lm.device)
+    configure_decoder(lm.model, lm.device)
+    if sw_batch_size is None:
+        sw_batch_size = int(min(4, max(1, available_memory(lm.device) // 8
+                                       // _window_bytes(lm, roi, k))))
+    if out is None:
+        out = np.zeros(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise RtfsynError(f"out must be a float32 array of shape {shape}")
+    else:
+        out[...] = 0.0
+    res = torch.from_numpy(out)
+    amp_dtype = torch.bfloat16
+    amp = lm.device.type == "cuda" or precision == "bf16"
+    done = 0
     with torch.inference_mode():
-        y = sliding_window_inference(
-            x.to(lm.device), roi_size=roi, sw_batch_size=sw_batch_size, predictor=predictor,
-            overlap=overlap, mode="gaussian", sw_device=lm.device, device=torch.device("cpu"),
-        )
-    out = y[0, 0].numpy()
-    out = out[: shape[0], : shape[1], : shape[2]]
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+        for b0 in range(0, n_windows, sw_batch_size):
+            batch_sl = slices[b0:b0 + sw_batch_size]
+            batch = torch.cat([x[(slice(None), slice(None), *sl)] for sl in batch_sl]).to(
+                lm.device)
+            n = batch.shape[0]
+            out_shape = tuple(int(r * f) for r, f in zip(roi, k, strict=True))
+            with torch.autocast(device_type=lm.device.type, dtype=amp_dtype, enabled=amp):
+                y = lm.model(batch, [src_meta] * n, [target_meta] * n, out_shape=out_shape)
+            y = (y.float() * w_out).cpu()
+            for i, sl in enumerate(batch_sl):
+                dst = tuple(slice(s.start * f, min(s.stop * f, n_)) for s, f, n_ in
+                            zip(sl, k, shape, strict=True))
+                part = y[(i, 0, *(slice(0, d.stop - d.start) for d in dst))]
+                res[dst] += part
+            done += n
+            if progress is not None:
+                progress(done, n_windows)
+    # divide by the summed weights, one slab of the output at a time (no full-size copy)
+    idx = [torch.arange(n_) // f for n_, f in zip(shape, k, strict=True)]
+    rows = max(1, (1 << 22) // max(1, shape[1] * shape[2]))
+    for r0 in range(0, shape[0], rows):
+        i0 = idx[0][r0:r0 + rows]
+        c = count.index_select(0, i0).index_select(1, idx[1]).index_select(2, idx[2])
+        res[r0:r0 + rows] /= c
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def _wants_prior(lm: LoadedModel) -> bool:
@@ -252,14 +380,6 @@ def _wants_prior(lm: LoadedModel) -> bool:
     if n is None:
         n = getattr(getattr(getattr(net, "encoder", None), "stem", None), "in_channels", None)
     return n == 2
-
-
-def _count_windows(size: Sequence[int], roi: Sequence[int], overlap: float) -> int:
-    n = 1
-    for s, r in zip(size, roi, strict=True):
-        step = max(1, int(r * (1 - overlap)))
-        n *= 1 if s <= r else math.ceil((s - r) / step) + 1
-    return n
 
 
 # --------------------------------------------------------------------------- public API
@@ -370,26 +490,30 @@ def synthesize_image(
         skull = skull_strip_warning(data, bmask)
         if skull:
             warnings_.append(skull)
-    norm, (lo, hi) = robust_normalize(data, bmask)
     k = block_factors(io.spacing_of(grid), lm.spacing)
     box = bounding_box(bmask, margin=4)
     # align the crop start to the block factors so output voxels stay on the grid
     box = tuple(slice(s.start - s.start % f, s.stop) for s, f in zip(box, k, strict=True))
+    # memory: normalise the crop only (it holds the whole mask, so the percentiles are
+    # those of the whole volume) and let the sliding window write into the output's crop
+    norm, (lo, hi) = robust_normalize(data[box], bmask[box])
+    out_shape = data.shape
+    del data
     prior = None
     if _wants_prior(lm):  # the physics prior from the whole brain mask (rtfsyn.prior)
         from rtfsyn.prior import prior_for_volume
 
-        prior = prior_for_volume(norm[box], src_meta, tgt_meta, mask=bmask[box])
+        prior = prior_for_volume(norm, src_meta, tgt_meta, mask=bmask[box])
     work_vox = None if src_meta.voxel_size is None else [
         v * f for v, f in zip(src_meta.voxel_size, k, strict=True)]
     outside = conditioning_outside(lm, work_vox, tgt_meta.voxel_size, k)
     if outside:
         warnings_.append(f"model {lm.name or lm.info.path} was not trained on this geometry: "
                          + "; ".join(outside))
-    pred = predict_volume(lm, norm[box], src_meta, tgt_meta, factors=k, overlap=overlap,
-                          progress=progress, prior=prior)
-    out = np.zeros(data.shape, np.float32)
-    out[box] = pred
+    out = np.zeros(out_shape, np.float32)
+    predict_volume(lm, norm, src_meta, tgt_meta, factors=k, overlap=overlap,
+                   progress=progress, prior=prior, out=out[box])
+    del norm
     out[~bmask] = 0.0
     result = io.from_canonical(out, base)
     result.header["descrip"] = describe_output(tgt_meta.contrast.value)

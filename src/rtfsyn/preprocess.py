@@ -45,20 +45,28 @@ def brain_mask(data: np.ndarray, threshold: float | None = None) -> np.ndarray:
         InputImageError: the volume is empty (all zero).
     """
     data = np.asarray(data)
-    nonzero = np.abs(data[data != 0])
+    nonzero = data[data != 0]  # a copy: made absolute and partitioned in place (memory)
     if nonzero.size == 0:
         raise InputImageError("the image is all zero: nothing to synthesize from")
     if threshold is None:
-        threshold = 1e-3 * float(np.percentile(nonzero, 99))
-    mask = data > threshold
-    if not mask.any():
+        np.abs(nonzero, out=nonzero)
+        threshold = 1e-3 * float(np.percentile(nonzero, 99, overwrite_input=True))
+    del nonzero
+    full = data > threshold
+    if not full.any():
         raise InputImageError(f"no voxel is above the mask threshold {threshold:g}")
+    # labelling and hole filling inside the bounding box only (everything outside is
+    # background, so the result is the same; saves a whole-volume int32 label array)
+    box = bounding_box(full)
+    mask = full[box]
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
         keep = np.flatnonzero(sizes >= 0.01 * sizes.max()) + 1
         mask = np.isin(labels, keep)
-    return ndimage.binary_fill_holes(mask)
+    del labels
+    full[box] = ndimage.binary_fill_holes(mask)
+    return full
 
 
 def robust_normalize(
@@ -83,21 +91,27 @@ def robust_normalize(
     values = data[mask]
     if values.size == 0:
         raise InputImageError("the brain mask is empty")
-    lo, hi = (float(v) for v in np.percentile(values, [lower, upper]))
+    lo, hi = (float(v) for v in np.percentile(values, [lower, upper], overwrite_input=True))
+    del values
     if hi - lo < 1e-8 * max(1.0, abs(hi)):
         hi = lo + 1.0  # constant image: map to 0
-    out = np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out = (data - lo).astype(np.float32, copy=False)  # one new array, then in place
+    out /= np.float32(hi - lo)
+    np.clip(out, 0.0, 1.0, out=out)
     out[~mask] = 0.0
     return out, (lo, hi)
 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice]:
     """Slices of the bounding box of ``mask`` grown by ``margin`` voxels (clipped)."""
-    idx = np.argwhere(mask)
-    if idx.size == 0:
+    mask = np.asarray(mask, bool)
+    # per-axis projections (not np.argwhere, whose index array is 24 bytes per voxel)
+    hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d)))
+            for d in range(mask.ndim)]
+    if any(h.size == 0 for h in hits):
         return tuple(slice(0, s) for s in mask.shape)  # type: ignore[return-value]
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + 1 + margin, mask.shape)
+    lo = np.maximum(np.array([h[0] for h in hits]) - margin, 0)
+    hi = np.minimum(np.array([h[-1] for h in hits]) + 1 + margin, mask.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
 
 

@@ -25,7 +25,7 @@ from rtfsyn.models._common import (
 from rtfsyn.models.axis_refinement import AxisAwareRefinement
 from rtfsyn.models.conv_head import ConvHead
 from rtfsyn.models.fusion import CrossModalAdaptiveFusion
-from rtfsyn.models.implicit_decoder import ImplicitDecoder, cell_size, make_coord_grid
+from rtfsyn.models.implicit_decoder import ImplicitDecoder, make_coord_grid
 from rtfsyn.models.metadata_encoder import MetadataConditioner, MetadataEncoding, MetaInput
 from rtfsyn.models.visual_encoder import VisualEncoder
 
@@ -131,10 +131,17 @@ class LatentSynthesizer(nn.Module):
             grid = make_coord_grid(shape, device=image.device, flatten=False)
             grid = self._to_padded(state, grid).expand(b, *shape, 3)
             return self.decoder(state.latent, grid, state.pooled, state.skip)
-        coords = make_coord_grid(shape, device=image.device).expand(b, -1, -1)
-        cell = cell_size(shape, device=image.device)
-        y = self.query(state, coords, cell)
-        return y.transpose(1, 2).reshape(b, -1, *shape)
+        return self.decode_grid(state, shape)
+
+    def decode_grid(self, state: LatentState, shape: Sequence[int]) -> torch.Tensor:
+        """Intensities ``(B, 1, *shape)`` on the voxel centres of a regular ``shape`` grid over
+        the input's field of view (the implicit decoder's grid fast path; equal to
+        :meth:`query` on ``make_coord_grid(shape)`` to float32 rounding)."""
+        if not isinstance(self.decoder, ImplicitDecoder):
+            raise ModelError("decode_grid() needs the implicit decoder (this model has a "
+                             "conv head)")
+        return self.decoder.forward_grid(state.latent, shape, state.pooled, state.skip,
+                                         scale=self._scale(state, state.latent.device))
 
 
 class RTFSyn(LatentSynthesizer):
