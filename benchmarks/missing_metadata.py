@@ -185,7 +185,7 @@ def table(result: dict) -> str:
     for case, target in keys:
         by = {r["condition"]: r for r in rows if r["case"] == case and r["target"] == target}
         cells = [f"{by[c]['psnr_as_written']:.2f} ({by[c]['psnr_renormalised']:.2f})"
-                 for c in conds]
+                 if c in by else "-" for c in conds]
         after = by.get("auto") or by.get("typical")  # auto gives the model typical's input
         diff = (f"{after['psnr_as_written'] - by['null']['psnr_as_written']:+.2f}"
                 if after is not None and "null" in by else "-")
