@@ -112,11 +112,15 @@ def inspect_cmd(
     wide: bool = typer.Option(
         False, "--wide", help="Full table (layout, scanner, TR/TE) also on narrow terminals."
     ),
+    fields: bool = typer.Option(
+        False, "--fields", help="List which acquisition fields are known, assumed or missing."
+    ),
 ) -> None:
     """List subjects × contrasts with key metadata; flag unpaired or mis-registered contrasts."""
     from rtfsyn.data.inspect import inspect_dataset
 
-    inspect_dataset(path, layout=layout, console=console, wide=True if wide else None)
+    inspect_dataset(path, layout=layout, console=console, wide=True if wide else None,
+                    fields=fields)
 
 
 # --------------------------------------------------------------------------- train
@@ -196,6 +200,14 @@ def synthesize_cmd(
         None, "--intensity-like", help="Scale the [0, 1] output to the intensity range of "
         "this scan (a real scan of the target contrast)."
     ),
+    protocol: str | None = typer.Option(
+        None, "--protocol", help="Typical protocol filling target fields not given, e.g. "
+        "3T-T2w-TSE, 1.5T-FLAIR (default: the target's at the given field, else 3 T; "
+        "'none': leave them to the model)."
+    ),
+    force_metadata: bool = typer.Option(
+        False, "--force-metadata", help="Accept TR/TE/TI/FA implausible for the contrast."
+    ),
 ) -> None:
     """Synthesize a target contrast from a source NIfTI (or every NIfTI in a folder)."""
     from rtfsyn.synthesis_cli import run_synthesize
@@ -206,6 +218,7 @@ def synthesize_cmd(
         spacing=spacing, device=device, overlap=overlap, overwrite=overwrite,
         skip_existing=skip_existing, console=console, err_console=err_console,
         intensity_like=intensity_like,
+        protocol=protocol, force_metadata=force_metadata,
     )
     if code:
         raise typer.Exit(code)

@@ -21,6 +21,7 @@ the NIfTI ``descrip``); ``rtfsyn synthesize --intensity-like REF`` rescales them
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -44,10 +45,12 @@ from rtfsyn.preprocess import (
     robust_normalize,
     skull_strip_warning,
 )
+from rtfsyn.protocols import Filled, TypicalProtocol, field_status
 
 __all__ = [
     "LoadedModel",
     "block_factors",
+    "complete_target_metadata",
     "conditioning_outside",
     "default_model_path",
     "load_model",
@@ -442,6 +445,8 @@ def synthesize_image(
     device: str = "auto",
     overlap: float = 0.25,
     progress: Callable[[int, int], None] | None = None,
+    protocol: str | TypicalProtocol | None = None,
+    force_metadata: bool = False,
 ) -> SynthesisResult:
     """Synthesize one target-contrast volume; see :func:`synthesize` (returns provenance too)."""
     from rtfsyn.device import resolve_device
@@ -464,6 +469,11 @@ def synthesize_image(
     if source_metadata is None and src_path is not None:
         source_metadata = find_sidecar(src_path)
     src_meta, contrast_from = resolve_source_metadata(source_metadata, source_contrast, src_path)
+    filled = complete_target_metadata(tgt_meta, src_meta, protocol=protocol,
+                                      force_metadata=force_metadata)
+    tgt_meta = filled.metadata
+    if filled.message():
+        logging.getLogger("rtfsyn").info(filled.message())
     if src_meta.voxel_size is None:
         src_meta = src_meta.with_updates(voxel_size=tuple(round(v, 4) for v in io.spacing_of(img)))
     if tgt_meta.voxel_size is None:
@@ -525,6 +535,9 @@ def synthesize_image(
         "target_metadata": tgt_meta.model_dump(mode="json", exclude_none=True),
         "source_prompt": src_meta.prompt(),
         "prompt": tgt_meta.prompt(),
+        "assumed_metadata": filled.provenance(),
+        "assumption": filled.message(),
+        "target_fields": field_status(tgt_meta, filled.assumed),
         "model": {"name": lm.name, "path": str(lm.info.path), "step": lm.info.step,
                   "arch": lm.info.config.get("model", {}).get("arch"),
                   "trained_with": lm.info.version},
@@ -558,7 +571,12 @@ def synthesize(
         model: checkpoint path, model name, a :func:`load_model` result, or None for the
             bundled default.
         **kwargs: ``source_metadata``, ``source_contrast``, ``mask``, ``spacing``,
-            ``device``, ``overlap`` (see :func:`synthesize_image`).
+            ``device``, ``overlap`` (see :func:`synthesize_image`); ``protocol``: the typical
+            protocol that fills target fields not given (a name from
+            :func:`rtfsyn.protocols.protocol_names`; default: the typical one of the target
+            contrast at the given field strength, else 3 T; ``"none"``: leave them missing,
+            i.e. the model's null tokens); ``force_metadata=True`` accepts values implausible
+            for the contrast (by default refused, e.g. ``TE=0.09`` ms for a T2w).
 
     Returns:
         The synthesized image on the input grid with the input's affine (or on a grid of
@@ -614,6 +632,28 @@ def resolve_source_metadata(
     meta = as_metadata(value, from_name, "source")
     assert meta is not None
     return meta, f"file name {name}"
+
+
+def complete_target_metadata(
+    target: Metadata, source: Metadata | None = None, *,
+    protocol: str | TypicalProtocol | None = None, force_metadata: bool = False,
+) -> Filled:
+    """Check user metadata for plausibility, then fill the target's missing protocol fields.
+
+    ``protocol``: ``None`` = the typical protocol of the target contrast (field strength from
+    the target, else the source, else 3 T), a name = that protocol, ``"none"`` = no filling.
+    Raises :class:`rtfsyn.protocols.ImplausibleMetadataError` unless ``force_metadata``.
+    """
+    from rtfsyn.protocols import check_plausible, fill_missing
+
+    if not force_metadata:
+        check_plausible(target, "target")
+        if source is not None:
+            check_plausible(source, "source")
+    if isinstance(protocol, str) and protocol.strip().lower() == "none":
+        return Filled(target, {}, None)
+    return fill_missing(target, protocol,
+                        fallback_field=None if source is None else source.field_strength)
 
 
 def _contrast_from_name(path: Path | None) -> str | None:

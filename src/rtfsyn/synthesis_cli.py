@@ -54,6 +54,8 @@ def run_synthesize(
     console: Console,
     err_console: Console,
     intensity_like: Path | None = None,
+    protocol: str | None = None,
+    force_metadata: bool = False,
 ) -> int:
     """Run the command; returns the exit code.
 
@@ -62,7 +64,13 @@ def run_synthesize(
     an input, not existing unless ``overwrite``, not claimed by two inputs of a batch.
     """
     from rtfsyn.device import resolve_device
-    from rtfsyn.inference import as_metadata, load_model, synthesize_image, write_provenance
+    from rtfsyn.inference import (
+        as_metadata,
+        complete_target_metadata,
+        load_model,
+        synthesize_image,
+        write_provenance,
+    )
     from rtfsyn.metadata import normalize_contrast
 
     if not input.exists():
@@ -73,6 +81,10 @@ def run_synthesize(
         raise RtfsynError(f"--overlap {overlap} is out of range: use a value in [0, 0.9]")
     if spacing is not None and not 0.1 <= spacing <= 10:
         raise RtfsynError(f"--spacing {spacing} is out of range: use 0.1 to 10 mm")
+    if target is None and meta_file is None and meta is None and protocol not in (None, "none"):
+        from rtfsyn.protocols import get_protocol
+
+        target = get_protocol(protocol).contrast  # --protocol 3T-FLAIR names the target
     if target is None and meta_file is None and meta is None:
         raise RtfsynError("say what to synthesize: --target T2w (and optionally --meta)")
     # parse every metadata argument now, so a typo fails before any file or model is read
@@ -82,6 +94,7 @@ def run_synthesize(
     if source_contrast is not None:
         source_contrast = normalize_contrast(source_contrast)
     src_meta_arg: Path | str | None = None
+    src_checked = None
     if source_meta and source_meta.lower().endswith(".json"):
         src_meta_arg = Path(source_meta)
         if not src_meta_arg.is_file():
@@ -90,8 +103,11 @@ def run_synthesize(
         src_meta_arg = source_meta
         # check the string now; its contrast may come from -s or, per input, from the name
         has_contrast = "contrast" in source_meta.lower() or source_contrast is not None
-        as_metadata(source_meta, source_contrast or ("T1w" if not has_contrast else None),
-                    "source")
+        src_checked = as_metadata(
+            source_meta, source_contrast or ("T1w" if not has_contrast else None), "source")
+    # implausible values (TE=0.09 ms for a T2w) and an unknown --protocol fail here, too
+    complete_target_metadata(target_meta, src_checked, protocol=protocol,
+                             force_metadata=force_metadata)
     for name, path in (("--mask", mask), ("--intensity-like", intensity_like)):
         if path is not None and not path.is_file():
             raise RtfsynError(f"{name} {path} does not exist")
@@ -140,6 +156,7 @@ def run_synthesize(
     )
     failures: list[tuple[Path, str]] = []
     done = 0
+    said: set[str] = set()
     columns = [TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                TimeRemainingColumn()]
@@ -155,7 +172,8 @@ def run_synthesize(
                 result = synthesize_image(
                     src, tname if target else None, target_meta, source_metadata=src_meta_arg,
                     source_contrast=source_contrast, model=lm, mask=mask, spacing=spacing,
-                    overlap=overlap, progress=report,
+                    overlap=overlap, progress=report, protocol=protocol,
+                    force_metadata=force_metadata,
                 )
                 prov = result.provenance
                 err_console.print(
@@ -164,6 +182,7 @@ def run_synthesize(
                 for warning in prov.get("warnings", []):
                     err_console.print(f"[yellow]warning:[/] {src.name}: {warning}",
                                       highlight=False, soft_wrap=True)
+                said = _say_assumption(prov, err_console, said)
                 image = result.image
                 if ref_range is not None:
                     image, prov = _scale_like(image, prov, ref_range, intensity_like)
@@ -236,3 +255,12 @@ def _scale_like(image: nib.Nifti1Image, prov: dict[str, Any], ref_range: tuple[f
     units = f"scanner-like: [0, 1] mapped linearly to [{lo:.6g}, {hi:.6g}], the 0.5-99.5 " \
             f"percentile range of {ref} in its brain"
     return out, {**prov, "output_units": units, "intensity_like": str(ref)}
+
+
+def _say_assumption(provenance: dict, err_console: Console, said: set[str]) -> set[str]:
+    """Print the 'TR/TE not given: assuming ...' line once per distinct assumption."""
+    line = provenance.get("assumption")
+    if line and line not in said:
+        err_console.print(f"[yellow]note:[/] {line}", highlight=False, soft_wrap=True)
+        said.add(line)
+    return said

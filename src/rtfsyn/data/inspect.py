@@ -60,6 +60,7 @@ def check_case(case: Case, atol_mm: float = 1e-3) -> CaseReport:
             report.flags.append(f"different grid from {ref_name}: {', '.join(off)}")
         if any(len(shape) > 3 and any(s > 1 for s in shape[3:]) for shape, _ in grids.values()):
             report.flags.append("4-D image")
+    report.flags.extend(_implausible_flags(case))
     if case.mask is not None and grids:
         try:
             mimg = nib.load(str(case.mask))
@@ -68,6 +69,52 @@ def check_case(case: Case, atol_mm: float = 1e-3) -> CaseReport:
         except Exception:
             report.flags.append("mask unreadable")
     return report
+
+
+def _implausible_flags(case: Case) -> list[str]:
+    """``implausible T2w TE=0.09 ms`` per value out of :data:`rtfsyn.protocols.PLAUSIBLE`.
+
+    Only flagged (training never refuses a sidecar for this; synthesis does, see
+    ``--force-metadata``).
+    """
+    from rtfsyn.protocols import plausibility_problems
+
+    return [f"implausible {contrast} {problem.split(' is implausible')[0]}"
+            for contrast, meta in case.metadata.items()
+            for problem in plausibility_problems(meta)]
+
+
+def print_field_status(reports: list[CaseReport], console: Console, detail: bool) -> None:
+    """Which acquisition fields are known, assumed (typical protocol) or missing.
+
+    One summary line; with ``detail`` a table of subject × contrast (``rtfsyn inspect
+    --fields``). *Assumed* = not in the data: a synthesis of that contrast fills it from
+    :mod:`rtfsyn.protocols`; *missing* = reaches the model as its null token.
+    """
+    from rtfsyn.protocols import field_status
+
+    rows = []
+    for r in reports:
+        for contrast in r.case.contrasts:
+            meta = r.case.metadata.get(contrast) or Metadata.from_dict({"contrast": contrast})
+            st = field_status(meta)
+            rows.append((r.case.subject, contrast,
+                         *(" ".join(k for k, v in st.items() if v == kind) or "-"
+                           for kind in ("known", "assumed", "missing"))))
+    n_known = sum("TR" in row[2].split() for row in rows)
+    console.print(
+        f"acquisition fields: TR known for {n_known} of {len(rows)} images, assumed (typical "
+        f"protocol at synthesis) for {len(rows) - n_known}"
+        + ("" if detail else "; --fields lists known / assumed / missing per image"),
+        highlight=False,
+    )
+    if detail:
+        table = Table(show_lines=False)
+        for name in ("subject", "contrast", "known", "assumed", "missing"):
+            table.add_column(name, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 def _meta_cell(meta: Metadata) -> str:
@@ -97,13 +144,16 @@ WIDE_MIN_COLUMNS = 120
 
 def inspect_dataset(
     path: str | Path, layout: str = "auto", console: Console | None = None,
-    wide: bool | None = None,
+    wide: bool | None = None, fields: bool = False,
 ) -> list[CaseReport]:
     """Load a dataset, check every case, print a table, and return the reports.
 
     ``wide=None`` picks the full table (layout, scanner, TR/TE per contrast) on terminals of
     at least 120 columns and a narrow one (subject, site, contrasts, grid, flags) that stays
     readable in 80 columns otherwise.
+
+    ``fields``: also list which acquisition fields of each image are known, assumed or
+    missing (:func:`print_field_status`).
     """
     console = console or Console()
     cases = load_cases(path, layout=layout)
@@ -126,6 +176,7 @@ def inspect_dataset(
         f"{len(reports)} cases ({counts}); {n_pairs} ordered training pairs in usable cases; "
         f"{n_flagged} flagged"
     )
+    print_field_status(reports, console, fields)
     return reports
 
 

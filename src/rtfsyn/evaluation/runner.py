@@ -219,6 +219,7 @@ def evaluate(
                     res = synthesize_image(
                         io.like(src_vol, src_img), target, case.metadata[target],
                         source_metadata=case.metadata[source], model=lm, mask=mask_img,
+                        force_metadata=True,  # dataset sidecars: `rtfsyn inspect` flags odd ones
                     )
                     secs = time.perf_counter() - t0
                     pred = np.asarray(res.image.dataobj, np.float32)

@@ -163,6 +163,21 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
+def _warn_implausible(cases: Sequence[Case], say: Callable[..., Any]) -> int:
+    """Warn (never refuse) about sidecar values implausible for their contrast; their number."""
+    from rtfsyn.protocols import plausibility_problems
+
+    odd = [(c.subject, k, p) for c in cases for k, m in c.metadata.items()
+           for p in plausibility_problems(m)]
+    for subject, contrast, problem in odd[:5]:
+        say(f"[yellow]warning:[/] {subject} {contrast}: {problem} (used as given)",
+            highlight=False)
+    if len(odd) > 5:
+        say(f"[yellow]warning:[/] {len(odd) - 5} more implausible sidecar values "
+            "(`rtfsyn inspect` lists them)", highlight=False)
+    return len(odd)
+
+
 def _load_all_cases(data: Sequence[str | Path]) -> tuple[list[Case], dict[str, str]]:
     """Cases of all folders (ids made unique) and each id's dataset-independent key."""
     from rtfsyn.evaluation.runner import case_key
@@ -382,6 +397,7 @@ def _setup(
         "val_cases": [keys[c.subject] for c in val_cases],
         "holdout_cases": [keys[c.subject] for c in site_cases],
     }
+    _warn_implausible(cases, say)
     say(f"[bold]rtfsyn train[/] {len(train_cases)} training, {len(val_cases)} validation"
         + (f", {len(site_cases)} held-out-site ({holdout_site})" if holdout_site else "")
         + f" cases; device {dev}; world size {world}")
