@@ -290,11 +290,6 @@ def synthesize_image(
     if source_metadata is None and src_path is not None:
         source_metadata = find_sidecar(src_path)
     src_meta, contrast_from = resolve_source_metadata(source_metadata, source_contrast, src_path)
-    if src_meta.voxel_size is None:
-        src_meta = src_meta.with_updates(voxel_size=tuple(round(v, 4) for v in io.spacing_of(img)))
-    if tgt_meta.voxel_size is None:
-        out_vox = io.spacing_of(img) if spacing is None else io._as_spacing(spacing)
-        tgt_meta = tgt_meta.with_updates(voxel_size=tuple(round(float(v), 4) for v in out_vox))
 
     if isinstance(model, LoadedModel):
         lm = model
@@ -304,6 +299,11 @@ def synthesize_image(
     # resample in the input's own orientation, so the output keeps its axis order/direction
     base = img if spacing is None else io.resample_to_spacing(img, spacing)
     grid = io.to_canonical(base)
+    # the model sees the RAS grid: both voxel sizes are that grid's, in RAS order, whatever
+    # the input's axis order or a voxel size given with the metadata
+    vox = io.canonical_voxel_size(grid)
+    src_meta = src_meta.with_updates(voxel_size=vox)
+    tgt_meta = tgt_meta.with_updates(voxel_size=vox)
     data = np.asarray(grid.dataobj, dtype=np.float32)
     if mask is not None:
         mimg = io.load_nifti(mask) if not isinstance(mask, nib.Nifti1Image) else mask

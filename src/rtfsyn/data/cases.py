@@ -129,18 +129,23 @@ def load_cases(path: str | Path, layout: str = "auto") -> list[Case]:
 
 
 def header_voxel_size(path: Path) -> tuple[float, float, float] | None:
-    """Voxel size from a NIfTI header without reading the data (None if unreadable)."""
+    """Voxel size in RAS order from a NIfTI header, data not read (None if unreadable).
+
+    RAS order (:func:`rtfsyn.io.canonical_voxel_size`) because every volume is reoriented to
+    RAS before it reaches a model: a slice-first 5×1×1 mm file gives ``(1, 1, 5)``.
+    """
     import nibabel as nib
-    import numpy as np
+
+    from rtfsyn.io import canonical_voxel_size
 
     try:
         img = nib.load(str(path))
+        sizes = canonical_voxel_size(img.affine)
     except Exception:
         return None
-    sizes = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-    if np.any(sizes <= 0) or np.any(sizes > 20):
+    if min(sizes) <= 0 or max(sizes) > 20:
         return None
-    return tuple(round(float(s), 4) for s in sizes)
+    return sizes
 
 
 def strip_nii(name: str) -> str:

@@ -59,7 +59,7 @@ def load_folders(root: Path, exclude: Iterable[Path] = ()) -> list[Case]:
                 sidecar = nii.parent / f"{strip_nii(nii.name)}.json"
                 if sidecar.exists():
                     meta = Metadata.from_sidecar(sidecar, contrast=kind)
-                    if meta.voxel_size is None and (vox := header_voxel_size(nii)):
+                    if vox := header_voxel_size(nii):  # RAS order, as the model sees it
                         meta = meta.with_updates(voxel_size=vox)
                 else:
                     meta = basic_metadata(kind, nii)

@@ -79,7 +79,7 @@ def load_subject(case: Case, spacing: float | None = None, margin: int = 4) -> S
     box = bounding_box(mask, margin=margin)
     volumes = {c: robust_normalize(v, mask)[0][box] for c, v in images.items()}
     return Subject(case=case, volumes=volumes, mask=mask[box],
-                   spacing=tuple(round(s, 4) for s in io.spacing_of(ref)),
+                   spacing=io.canonical_voxel_size(ref),
                    labels=None if labels is None else labels[box])
 
 
