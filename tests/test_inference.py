@@ -155,3 +155,14 @@ def test_adapters_give_ras_voxel_sizes(tmp_path) -> None:
                                        [0, 0, 0, 1]]))
     assert header_voxel_size(path) == (2.0, 3.0, 5.0)
     assert io.canonical_voxel_size(oblique_lps_affine((1.2, 0.9, 2.5))) == (1.2, 0.9, 2.5)
+
+
+def test_bare_contrast_as_metadata(tmp_path, tiny_checkpoint) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz", shape=(16, 18, 14))
+    lm = load_model(tiny_checkpoint, "cpu")
+    img = rtfsyn.synthesize(src, target="T2w", metadata="T2w", model=lm)
+    assert img.shape == (16, 18, 14)
+    res = synthesize_image(src, "t2", "T2w,TE=95", model=lm)
+    assert res.provenance["target_metadata"]["echo_time"] == pytest.approx(0.095)
+    with pytest.raises(MetadataError, match="says contrast FLAIR but T2w was requested"):
+        synthesize_image(src, "T2w", "FLAIR", model=lm)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -224,7 +225,9 @@ def as_metadata(value: Metadata | str | dict | Path | None, default_contrast: st
         meta = Metadata.from_sidecar(value, contrast=default_contrast)
     else:
         text = str(value)
-        if default_contrast and "contrast" not in text.lower():
+        parts = [p for p in re.split(r"[,;]", text) if p.strip()]
+        bare = any("=" not in p for p in parts)  # "T2w" or "T2w,TE=90": names the contrast
+        if default_contrast and "contrast" not in text.lower() and not bare:
             text = f"contrast={default_contrast},{text}"
         meta = Metadata.from_string(text)
     wanted = (None if default_contrast is None
