@@ -14,10 +14,11 @@ from rtfsyn.evaluation.runner import evaluate, parse_tasks
 from test_cli import run_cli
 
 
-def _trained_on(src, dest, cases: list[str]):
+def _trained_on(src, dest, cases: list[str], **extra):
     """A copy of checkpoint ``src`` that says it was trained on ``cases``."""
     state, info = load_checkpoint(src)
-    return save_checkpoint(dest, state, info.config, step=3, info={"train_cases": cases})
+    config = {**info.config, **extra.pop("config", {})}
+    return save_checkpoint(dest, state, config, step=3, info={"train_cases": cases, **extra})
 
 
 def test_evaluate_cli_writes_full_report(capsys, tmp_path, tiny_checkpoint, tiny_bids) -> None:
@@ -74,12 +75,26 @@ def test_training_cases_are_excluded(tmp_path, tiny_checkpoint, tiny_bids) -> No
 
 
 def test_holdout_site_and_bad_tasks(tmp_path, tiny_checkpoint, tiny_bids) -> None:
-    res = evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+    zero_shot = _trained_on(tiny_checkpoint, tmp_path / "zs.safetensors", [],
+                            config={"holdout_site": "A"})
+    res = evaluate([zero_shot], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
                    tissue=False, device="cpu", log=lambda _m: None)
     assert res.cases and all(r.site == "A" for r in res.rows)
+    unseen_b = _trained_on(tiny_checkpoint, tmp_path / "b.safetensors", [], train_sites=["B"])
     with pytest.raises(RtfsynError, match="no evaluation case of site 'Z'"):
-        evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="Z",
+        evaluate([unseen_b], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="Z",
                  device="cpu", log=lambda _m: None)
+    # a model that saw site A, or whose checkpoint cannot tell, is refused for --holdout-site A
+    seen = _trained_on(tiny_checkpoint, tmp_path / "seen.safetensors", [],
+                       train_sites=["A", "B"])
+    with pytest.raises(RtfsynError, match="model seen was trained on site A"):
+        evaluate([zero_shot, seen], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+                 device="cpu", log=lambda _m: None)
+    with pytest.raises(RtfsynError, match="cannot tell whether model tiny saw site A"):
+        evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+                 device="cpu", log=lambda _m: None)
+    assert evaluate([unseen_b], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+                    tissue=False, device="cpu", log=lambda _m: None).cases
     with pytest.raises(RtfsynError, match="SOURCE:TARGET"):
         parse_tasks("T1w-T2w")
     with pytest.raises(RtfsynError, match="artifact 'wobble' is unknown"):

@@ -127,7 +127,7 @@ def load_bids(root: Path) -> list[Case]:
                 site = meta.site
         if images:
             cases.append(Case(subject, images, metadata, site=site, layout="bids", mask=mask,
-                              labels=labels, info=info))
+                              labels=labels, info=info, participant=sub))
     return cases
 
 

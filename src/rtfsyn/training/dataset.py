@@ -20,11 +20,13 @@ from torch.utils.data import Dataset
 
 from rtfsyn import io
 from rtfsyn.data.cases import Case
+from rtfsyn.data.splits import split_cases  # re-exported: it lived here before
 from rtfsyn.errors import DatasetError
 from rtfsyn.metadata import Metadata
 from rtfsyn.preprocess import bounding_box, brain_mask, robust_normalize
 
-__all__ = ["PatchDataset", "PatchSpec", "Subject", "load_subject", "load_subjects"]
+__all__ = ["PatchDataset", "PatchSpec", "Subject", "load_subject", "load_subjects",
+           "split_cases"]
 
 
 @dataclass
@@ -202,42 +204,6 @@ def _crop(vol: np.ndarray, corner: Sequence[int], size: int) -> np.ndarray:
         dst_sl.append(slice(a - c, b - c))
     out[tuple(dst_sl)] = vol[tuple(src_sl)]
     return out
-
-
-def split_cases(
-    cases: Sequence[Case], val_fraction: float = 0.2, holdout_site: str | None = None,
-    seed: int = 0,
-) -> tuple[list[Case], list[Case], list[Case]]:
-    """Split into (train, validation, held-out-site) cases, deterministically.
-
-    Cases of ``holdout_site`` go to the third list only. The others are split per site
-    (stratified, so every site with ≥ 3 cases has validation subjects): ``val_fraction`` of
-    each site's cases, at least one when the site has ≥ 3 cases and the fraction is > 0.
-    """
-    site_cases = [c for c in cases if holdout_site is not None and c.site == holdout_site]
-    if holdout_site is not None and not site_cases:
-        sites = sorted({c.site for c in cases if c.site})
-        raise DatasetError(
-            f"--holdout-site {holdout_site!r} matches no case; sites are: "
-            f"{', '.join(sites) or 'none'}"
-        )
-    rest = [c for c in cases if c not in site_cases]
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(rest):
-        groups.setdefault(c.site or "", []).append(i)
-    rng = np.random.default_rng(seed)
-    val_idx: set[int] = set()
-    for site in sorted(groups):
-        members = groups[site]
-        n_val = round(val_fraction * len(members))
-        if val_fraction > 0 and n_val == 0 and len(members) >= 3:
-            n_val = 1
-        val_idx.update(members[j] for j in rng.permutation(len(members))[:n_val])
-    val = [c for i, c in enumerate(rest) if i in val_idx]
-    train = [c for i, c in enumerate(rest) if i not in val_idx]
-    if not train:
-        raise DatasetError("no training cases left after the validation / held-out split")
-    return train, val, site_cases
 
 
 def case_paths(case: Case) -> list[Path]:
