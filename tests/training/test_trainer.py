@@ -41,6 +41,11 @@ def test_train_writes_run_and_validates(tiny_bids, tmp_path) -> None:
     assert info.step == 6 and info.config["model"]["arch"] == "rtfsyn"
     assert len(info.info["train_cases"]) == 2 and len(info.info["val_cases"]) == 1
     assert not set(info.info["train_cases"]) & set(info.info["val_cases"])
+    # participant-level three-way split, keys = participant @ content fingerprint
+    assert info.info["split_version"] == 2 and info.info["test_cases"] == []
+    assert all(k.startswith("sub-0") and "@" in k for k in info.info["train_cases"])
+    assert info.info["train_sites"] and set(info.info["val_participants"]).isdisjoint(
+        info.info["train_participants"])
     # end to end: the trained checkpoint synthesizes a subject on its own grid and affine
     src = tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
     img = rtfsyn.synthesize(src, target="T2w", metadata="TR=4000,TE=90",
@@ -111,3 +116,26 @@ def test_ddp_two_cpu_processes_end_identical(tiny_bids, tmp_path) -> None:
     digests = json.loads((tmp_path / "ddp" / "ddp_ranks.json").read_text())["digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert "world size 2" in proc.stderr
+
+
+def test_test_participants_are_stored_and_never_loaded(tmp_path, monkeypatch) -> None:
+    from _tiny import write_tiny_bids
+    from rtfsyn.training import trainer as trainer_mod
+
+    data = write_tiny_bids(tmp_path / "five", n_subjects=5)
+    loaded: list[str] = []
+    real = trainer_mod.load_subjects
+
+    def spy(cases, *a, **k):
+        loaded.extend(c.subject for c in cases)
+        return real(cases, *a, **k)
+
+    monkeypatch.setattr(trainer_mod, "load_subjects", spy)
+    res = train([data], tiny_config(max_steps=2, val_every=2, ckpt_every=2,
+                                    test_fraction=0.34, val_cases=5),
+                tmp_path / "run", progress=False, device="cpu")
+    info = read_checkpoint_info(res.final_checkpoint).info
+    test = info["test_participants"]
+    assert len(test) == 1 and len(info["test_cases"]) == 1
+    assert test[0] not in loaded and set(loaded) == set(info["train_participants"]) | set(
+        info["val_participants"])
