@@ -370,6 +370,9 @@ def synthesize(
             ``"TR=3000,TE=90"`` string or a JSON sidecar path.
         model: checkpoint path, model name, a :func:`load_model` result, or None for the
             bundled default.
+            A bare contrast (``"T2w"``) is accepted. Voxel sizes are always those of the
+            grid the model sees, in RAS order (:func:`rtfsyn.io.canonical_voxel_size`),
+            whatever the input's axis order or a voxel size given here.
         **kwargs: ``source_metadata``, ``source_contrast``, ``mask``, ``spacing``,
             ``device``, ``overlap`` (see :func:`synthesize_image`).
 

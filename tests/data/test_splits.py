@@ -123,3 +123,14 @@ def test_one_excluded_session_excludes_the_participant(tmp_path) -> None:
     roles = index.roles(cases, root)
     assert roles["sub-01_ses-1"] == roles["sub-01_ses-2"] == "training"
     assert roles["sub-02_ses-1"] is None
+
+
+def test_inspect_shows_participants(tmp_path) -> None:
+    from rich.console import Console
+
+    from rtfsyn.data.inspect import inspect_dataset
+
+    console = Console(width=250, record=True)
+    inspect_dataset(_sessions(tmp_path / "bids"), console=console)
+    text = console.export_text()
+    assert "participant" in text and "sub-01_ses-2" in text
