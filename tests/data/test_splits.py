@@ -134,3 +134,11 @@ def test_inspect_shows_participants(tmp_path) -> None:
     inspect_dataset(_sessions(tmp_path / "bids"), console=console)
     text = console.export_text()
     assert "participant" in text and "sub-01_ses-2" in text
+
+
+def test_participant_from_info_is_honoured() -> None:
+    """Readers may give the participant in ``info`` (e.g. the open MS reader)."""
+    a = Case("ms-p01-study1", {}, {}, info={"participant": "ms-p01"})
+    b = Case("ms-p01-study2", {}, {}, info={"participant": "ms-p01"})
+    assert a.participant_id == b.participant_id == "ms-p01"
+    assert Case("x", {}, {}, participant="p", info={"participant": "q"}).participant_id == "p"

@@ -51,8 +51,9 @@ class Case:
 
     @property
     def participant_id(self) -> str:
-        """The participant (person) id: :attr:`participant`, or the case id if not set."""
-        return self.participant or self.subject
+        """The participant (person) id: :attr:`participant`, else ``info["participant"]``,
+        else the case id."""
+        return self.participant or str(self.info.get("participant") or "") or self.subject
 
     @property
     def contrasts(self) -> list[str]:
