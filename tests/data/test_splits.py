@@ -128,10 +128,11 @@ def test_one_excluded_session_excludes_the_participant(tmp_path) -> None:
 def test_inspect_shows_participants(tmp_path) -> None:
     from rich.console import Console
 
-    from rtfsyn.data.inspect import inspect_dataset
+    from rtfsyn.data.inspect import _wide_table, check_case
 
+    cases = load_cases(_sessions(tmp_path / "bids"))
     console = Console(width=250, record=True)
-    inspect_dataset(_sessions(tmp_path / "bids"), console=console)
+    console.print(_wide_table("bids", [check_case(c) for c in cases], ["T1w", "T2w"]))
     text = console.export_text()
     assert "participant" in text and "sub-01_ses-2" in text
 
