@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: the data they use, the held-out split, and how a result
+"""What the benchmark scripts share: the data they use, the test split, and how a result
 names the command and the machine that produced it."""
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ def command_line(script: str, argv: list[str] | None) -> str:
 
 
 def split_rows(rows: list[Any]) -> dict[str, list[Any]]:
-    """Evaluation rows by split: held-out subjects of the training sites, the held-out site."""
-    return {"held-out subjects": [r for r in rows if r.site != HOLDOUT_SITE],
-            f"held-out site ({HOLDOUT_SITE})": [r for r in rows if r.site == HOLDOUT_SITE]}
+    """Evaluation rows by split: test participants of the training sites (and real test
+    cases), the held-out site (zero-shot), and validation cases if they were included on
+    request (never mixed with test rows)."""
+    test = [r for r in rows if getattr(r, "split", "test") == "test"]
+    out = {"test": [r for r in test if r.site != HOLDOUT_SITE],
+           f"test, held-out site ({HOLDOUT_SITE})": [r for r in test if r.site == HOLDOUT_SITE],
+           "validation (not test)": [r for r in rows if getattr(r, "split", "") == "validation"]}
+    return {k: v for k, v in out.items() if v}

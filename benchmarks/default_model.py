@@ -9,7 +9,8 @@ Recipe (CPU, 2 cores; about 1.5 h in all):
    same data and split (``rtfsyn train --init-from`` the previous stage; a fresh warm-up and
    cosine schedule per stage), all contrast directions the data has;
 3. evaluate the result with :func:`rtfsyn.evaluation.evaluate` on every case neither stage
-   trained on — held-out subjects of sites A–C and the real data, and the held-out site —
+   trained or validated on — test participants of sites A–C and the real data, and the
+   held-out site —
    for T1w→T2w/FLAIR/PDw/T1Gd;
 4. write the card summary into the checkpoint and copy it atomically to
    ``src/rtfsyn/weights/rtfsyn-default.safetensors``; metrics to
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = evaluate([final], data, TASKS, device=args.device, log=print)
     table = summarize(result.rows)
-    t2 = next((e for e in table if e["split"] == "held-out subjects"
+    t2 = next((e for e in table if e["split"] == "test"
                and e["task"] == "T1w->T2w"), None)
     summary = (f"cpu-small, {'+'.join(map(str, steps_done))} CPU steps on the phantom (sites A–C) "
                "+ 3 BraTS cases + MNI152; not for clinical use"

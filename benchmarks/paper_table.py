@@ -7,9 +7,9 @@
    *same* training config (``train-cpu`` unless ``--train-config``): same steps, batch,
    patches, optimiser, seed; only the model config's ``arch`` differs. Each run's split
    (stratified by site, seeded) is stored in its checkpoint.
-3. Evaluate every model with :func:`rtfsyn.evaluation.evaluate` on every case no model was
-   trained on: the validation subjects of sites A–C and of the real data ("held-out
-   subjects") and all SiteD subjects ("held-out site", zero-shot), tasks T1w→T2w, T1w→FLAIR,
+3. Evaluate every model with :func:`rtfsyn.evaluation.evaluate` on every case no model
+   trained or validated on: the test participants of sites A–C and of the real data
+   ("test") and all SiteD subjects ("test, held-out site", zero-shot), tasks T1w→T2w, T1w→FLAIR,
    T1w→PDw (phantom) and T1w→T1Gd (BraTS only); then a robustness pass (8 artifacts × 3
    severities) on T1w→T2w for the first ``--artifact-cases`` held-out cases.
 4. Write ``<out>/paper_table.json``, the full evaluation report (``report.md/.html``,
@@ -71,21 +71,22 @@ def train_all(args: argparse.Namespace, data: list[Path]) -> dict[str, dict[str,
 
 def eval_cases(models: list[str], data: list[Path], per_site: int,
                holdout: int) -> list[str]:
-    """Case keys to evaluate: no model's training case; the first ``per_site`` held-out
+    """Case keys to evaluate: no model's training or validation case; the first ``per_site`` test
     subjects of each training site (every held-out real case) and ``holdout`` of SiteD."""
     from rtfsyn.checkpoint import read_checkpoint_info
     from rtfsyn.data.cases import load_cases
+    from rtfsyn.data.splits import SplitIndex
     from rtfsyn.evaluation.runner import case_key
 
-    trained: set[str] = set()
-    for m in models:
-        trained |= set((read_checkpoint_info(m).info or {}).get("train_cases", []))
+    index = SplitIndex.from_infos(read_checkpoint_info(m).info for m in models)
     chosen: list[str] = []
     for folder in data:
         by_site: dict[str, list[str]] = {}
-        for case in load_cases(folder):
+        cases = load_cases(folder)
+        roles = index.roles(cases, folder)
+        for case in cases:
             key = case_key(folder, case.subject)
-            if key not in trained:
+            if roles[case.subject] not in ("training", "validation"):
                 by_site.setdefault(case.site or "", []).append(key)
         for site, keys in sorted(by_site.items()):
             cap = holdout if site == HOLDOUT_SITE else per_site if site else len(keys)

@@ -5,10 +5,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 import rtfsyn
 from conftest import make_nifti, oblique_lps_affine
+from rtfsyn import io
 from rtfsyn.checkpoint import CheckpointError
 from rtfsyn.errors import MetadataError
 from rtfsyn.inference import block_factors, load_model, synthesize_image
@@ -99,3 +101,68 @@ def io_spacing(img) -> tuple[float, ...]:
     from rtfsyn import io
 
     return io.spacing_of(img)
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a model and keeps what it was handed (input, metadata, output shape)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls: list[tuple] = []
+
+    def forward(self, x, src_meta, tgt_meta, out_shape=None):
+        self.calls.append((x.clone(), list(src_meta), list(tgt_meta), out_shape))
+        return self.model(x, src_meta, tgt_meta, out_shape=out_shape)
+
+
+def test_slice_first_image_gets_ras_voxel_sizes(tmp_path, tiny_checkpoint) -> None:
+    """A slice-first 5×2×2 mm file and the same image stored RAS: same metadata, model
+    inputs and output (after reorienting back); the voxel size is (2, 2, 5) in RAS order."""
+    ras = nib.load(str(_head(tmp_path / "ras_T1w.nii.gz", shape=(30, 34, 10),
+                             affine=np.diag([2.0, 2.0, 5.0, 1.0]))))
+    data = np.asarray(ras.dataobj)
+    sf_affine = np.array([[0, 2.0, 0, 0], [0, 0, 2.0, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]])
+    sf_path = make_nifti(tmp_path / "sf_T1w.nii.gz", data=data.transpose(2, 0, 1).copy(),
+                         affine=sf_affine)
+    assert io.canonical_voxel_size(nib.load(str(sf_path))) == (2.0, 2.0, 5.0)
+    runs = {}
+    for name, path in (("ras", tmp_path / "ras_T1w.nii.gz"), ("sf", sf_path)):
+        lm = load_model(tiny_checkpoint, "cpu")
+        lm.model = _Recorder(lm.model)
+        res = synthesize_image(path, "T2w", "TR=4000,TE=90", model=lm)
+        runs[name] = (res, lm.model.calls)
+    (res_ras, calls_ras), (res_sf, calls_sf) = runs["ras"], runs["sf"]
+    for key in ("source_metadata", "target_metadata", "prompt", "source_prompt",
+                "work_factors"):
+        assert res_ras.provenance[key] == res_sf.provenance[key], key
+    assert res_sf.provenance["source_metadata"]["voxel_size"] == [2.0, 2.0, 5.0]
+    assert len(calls_ras) == len(calls_sf) > 0
+    for a, b in zip(calls_ras, calls_sf, strict=True):
+        assert torch.equal(a[0], b[0])
+        assert a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
+    assert calls_sf[0][1][0].voxel_size == (2.0, 2.0, 5.0)  # work factors (1, 1, 1)
+    back = io.to_canonical(res_sf.image)
+    np.testing.assert_allclose(np.asarray(back.dataobj), np.asarray(res_ras.image.dataobj),
+                               atol=1e-6)
+
+
+def test_adapters_give_ras_voxel_sizes(tmp_path) -> None:
+    from rtfsyn.data.cases import header_voxel_size
+
+    path = make_nifti(tmp_path / "x.nii.gz", shape=(10, 12, 14),
+                      affine=np.array([[0, 2.0, 0, 0], [0, 0, 3.0, 0], [5.0, 0, 0, 0],
+                                       [0, 0, 0, 1]]))
+    assert header_voxel_size(path) == (2.0, 3.0, 5.0)
+    assert io.canonical_voxel_size(oblique_lps_affine((1.2, 0.9, 2.5))) == (1.2, 0.9, 2.5)
+
+
+def test_bare_contrast_as_metadata(tmp_path, tiny_checkpoint) -> None:
+    src = _head(tmp_path / "a_T1w.nii.gz", shape=(16, 18, 14))
+    lm = load_model(tiny_checkpoint, "cpu")
+    img = rtfsyn.synthesize(src, target="T2w", metadata="T2w", model=lm)
+    assert img.shape == (16, 18, 14)
+    res = synthesize_image(src, "t2", "T2w,TE=95", model=lm)
+    assert res.provenance["target_metadata"]["echo_time"] == pytest.approx(0.095)
+    with pytest.raises(MetadataError, match="says contrast FLAIR but T2w was requested"):
+        synthesize_image(src, "T2w", "FLAIR", model=lm)

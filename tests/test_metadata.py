@@ -172,3 +172,16 @@ def test_real_philips_sidecar(real_data) -> None:
     assert m.model_name == "Ingenia Elition X"
     assert m.repetition_time == pytest.approx(0.006501)
     assert m.sequence.value == "MPRAGE"
+
+
+@pytest.mark.parametrize("text, years", [("030Y", 30.0), ("006M", 0.5), ("012W", 12 * 7 / 365.25),
+                                         ("010D", 10 / 365.25), ("45", 45.0), ("45.5", 45.5)])
+def test_dicom_age_units(text: str, years: float) -> None:
+    m = Metadata.from_sidecar({"PatientAge": text}, contrast="T1w")
+    assert m.age == pytest.approx(years)
+    assert Metadata.from_string(f"T1w,age={text}").age == pytest.approx(years)
+
+
+def test_bad_age_string() -> None:
+    with pytest.raises(MetadataError, match="is not an age"):
+        Metadata.from_sidecar({"PatientAge": "30 years"}, contrast="T1w")

@@ -239,7 +239,8 @@ def evaluate_cmd(
         None, "--artifact-cases", help="Use only the first N cases for artifacts."
     ),
     holdout_site: str | None = typer.Option(
-        None, "--holdout-site", help="Evaluate only this site (zero-shot)."
+        None, "--holdout-site", help="Evaluate only this site (zero-shot); refused for a "
+        "model whose checkpoint does not show it was trained without the site."
     ),
     max_cases: int | None = typer.Option(None, "--max-cases", help="At most N cases."),
     efficiency: bool = typer.Option(
@@ -249,7 +250,12 @@ def evaluate_cmd(
         "240x240x155", "--volume-shape", help="Volume for the latency / memory probe."
     ),
     include_training_cases: bool = typer.Option(
-        False, "--include-training-cases", help="Do not exclude the models' training cases."
+        False, "--include-training-cases", help="Do not exclude the models' training cases "
+        "(rows labelled 'training')."
+    ),
+    include_validation_cases: bool = typer.Option(
+        False, "--include-validation-cases", help="Also score the models' validation cases "
+        "(rows labelled 'validation'; default: test cases only)."
     ),
     device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, mps."),
     seed: int = typer.Option(0, "--seed", help="Artifact seed."),
@@ -280,6 +286,7 @@ def evaluate_cmd(
                           artifact_cases=artifact_cases, holdout_site=holdout_site,
                           max_cases=max_cases, device=device, seed=seed,
                           include_training_cases=include_training_cases,
+                          include_validation_cases=include_validation_cases,
                           log=err_console.print, progress=report)
     if efficiency:
         from rtfsyn.evaluation.efficiency import measure_models

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -401,7 +402,9 @@ def as_metadata(value: Metadata | str | dict | Path | None, default_contrast: st
         meta = Metadata.from_sidecar(value, contrast=default_contrast)
     else:
         text = str(value)
-        if default_contrast and "contrast" not in text.lower():
+        parts = [p for p in re.split(r"[,;]", text) if p.strip()]
+        bare = any("=" not in p for p in parts)  # "T2w" or "T2w,TE=90": names the contrast
+        if default_contrast and "contrast" not in text.lower() and not bare:
             text = f"contrast={default_contrast},{text}"
         meta = Metadata.from_string(text)
     wanted = (None if default_contrast is None
@@ -474,11 +477,6 @@ def synthesize_image(
     tgt_meta = filled.metadata
     if filled.message():
         logging.getLogger("rtfsyn").info(filled.message())
-    if src_meta.voxel_size is None:
-        src_meta = src_meta.with_updates(voxel_size=tuple(round(v, 4) for v in io.spacing_of(img)))
-    if tgt_meta.voxel_size is None:
-        out_vox = io.spacing_of(img) if spacing is None else io._as_spacing(spacing)
-        tgt_meta = tgt_meta.with_updates(voxel_size=tuple(round(float(v), 4) for v in out_vox))
 
     if isinstance(model, LoadedModel):
         lm = model
@@ -488,6 +486,11 @@ def synthesize_image(
     # resample in the input's own orientation, so the output keeps its axis order/direction
     base = img if spacing is None else io.resample_to_spacing(img, spacing)
     grid = io.to_canonical(base)
+    # the model sees the RAS grid: both voxel sizes are that grid's, in RAS order, whatever
+    # the input's axis order or a voxel size given with the metadata
+    vox = io.canonical_voxel_size(grid)
+    src_meta = src_meta.with_updates(voxel_size=vox)
+    tgt_meta = tgt_meta.with_updates(voxel_size=vox)
     data = np.asarray(grid.dataobj, dtype=np.float32)
     if mask is not None:
         mimg = io.load_nifti(mask) if not isinstance(mask, nib.Nifti1Image) else mask
@@ -570,6 +573,9 @@ def synthesize(
             ``"TR=3000,TE=90"`` string or a JSON sidecar path.
         model: checkpoint path, model name, a :func:`load_model` result, or None for the
             bundled default.
+            A bare contrast (``"T2w"``) is accepted. Voxel sizes are always those of the
+            grid the model sees, in RAS order (:func:`rtfsyn.io.canonical_voxel_size`),
+            whatever the input's axis order or a voxel size given here.
         **kwargs: ``source_metadata``, ``source_contrast``, ``mask``, ``spacing``,
             ``device``, ``overlap`` (see :func:`synthesize_image`); ``protocol``: the typical
             protocol that fills target fields not given (a name from

@@ -35,6 +35,7 @@ __all__ = [
     "OutputGuard",
     "active_guard",
     "atomic_write",
+    "canonical_voxel_size",
     "from_canonical",
     "is_nifti_path",
     "load_nifti",
@@ -59,6 +60,25 @@ def is_nifti_path(path: str | Path) -> bool:
 def spacing_of(img: nib.Nifti1Image) -> tuple[float, float, float]:
     """Voxel sizes (mm) of the first three axes, from the affine."""
     return tuple(float(x) for x in np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def canonical_voxel_size(
+    img: nib.Nifti1Image | np.ndarray, digits: int = 4
+) -> tuple[float, float, float]:
+    """Voxel sizes (mm) in RAS order: those of :func:`to_canonical` of the image.
+
+    The one place every voxel size handed to a model comes from (synthesis, dataset
+    adapters, training subjects, evaluation). ``img`` is an image or its 4×4 affine; the
+    data is not read. A slice-first 5×1×1 mm (S, R, A) image gives ``(1, 1, 5)``.
+    Sizes are rounded to ``digits`` decimals so that equal grids give equal metadata.
+    """
+    affine = np.asarray(img.affine if hasattr(img, "affine") else img, dtype=float)
+    sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    axes = ornt.io_orientation(affine)[:, 0]  # RAS axis each input axis becomes
+    ras = [0.0, 0.0, 0.0]
+    for i, j in enumerate(axes):
+        ras[int(j) if np.isfinite(j) else i] = float(sizes[i])
+    return tuple(round(v, digits) for v in ras)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- loading

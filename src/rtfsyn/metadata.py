@@ -497,6 +497,8 @@ def _convert_value(name: str, value: Any, default_unit: str | None, raw_key: str
             except (TypeError, ValueError):
                 raise MetadataError(f"{raw_key}={value!r} is not a number") from None
         return number / 1000.0 if unit == "ms" else number
+    if name == "age" and isinstance(value, str):
+        return _parse_age(value, raw_key)
     if name in {"flip_angle", "field_strength", "slice_thickness", "age"}:
         if isinstance(value, str):
             value = re.sub(r"(deg|mm|T|Y|y)$", "", value.strip())
@@ -513,6 +515,21 @@ def _convert_value(name: str, value: Any, default_unit: str | None, raw_key: str
                 f"{raw_key}={value!r} is not a voxel size: use e.g. 1x1x1 or 1.0"
             ) from None
     return value
+
+
+#: DICOM age-string units (AS value representation ``nnnD/W/M/Y``) in years
+_AGE_UNITS = {"d": 1 / 365.25, "w": 7 / 365.25, "m": 1 / 12, "y": 1.0}
+
+
+def _parse_age(value: str, raw_key: str) -> float:
+    """``"030Y"`` → 30, ``"006M"`` → 0.5, ``"012W"``, ``"010D"`` → years; plain numbers too."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([dwmyDWMY])?\s*", value)
+    if not m:
+        raise MetadataError(
+            f"{raw_key}={value!r} is not an age: use years (45) or a DICOM age string "
+            "(045Y, 006M, 012W, 010D)"
+        )
+    return float(m.group(1)) * _AGE_UNITS[(m.group(2) or "y").lower()]
 
 
 def _guess_contrast(data: dict[str, Any], path: Path | None) -> str | None:

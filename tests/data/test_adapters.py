@@ -138,8 +138,13 @@ def test_empty_and_missing_folders(tmp_path) -> None:
 
 def test_real_data_mixed_layout(real_data) -> None:
     cases = {c.subject: c for c in load_cases(real_data)}
-    brats = [c for c in cases.values() if c.layout == "brats"]
-    assert len(brats) == 3
+    brats = [c for c in cases.values() if c.subject.startswith("BraTS")]
+    assert len(brats) == 4 and all(c.layout == "brats" for c in brats)
+    assert cases["BraTS-GLI-00001-000"].participant_id == "BraTS-GLI-00001"
+    # the same folder name in two datasets: two cases, two participants (ids namespaced)
+    p19 = [c for c in cases.values() if "patient19" in c.subject]
+    assert len({c.participant_id for c in p19}) == 2  # cross-sectional and longitudinal
+    assert len(cases) == len(load_cases(real_data))  # no id occurs twice
     for c in brats:
         assert c.contrasts == ["T1w", "T1Gd", "T2w", "FLAIR"]
         assert check_case(c).ok

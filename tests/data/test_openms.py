@@ -173,7 +173,7 @@ def test_mixed_folder_keeps_openms_out_of_brats_and_folder(tmp_path, monkeypatch
     assert detect_layout(data) == "mixed"
     cases = {c.subject: c.layout for c in load_cases(data)}
     assert cases == {"BraTS-GLI-00000-000": "brats", "openms-long-patient05-study1": "openms",
-                     "patient05": "folder"}
+                     "other/patient05": "folder"}  # nested ids keep their path (issue 12)
 
 
 def test_head_mask_fills_the_skull_gap() -> None:

@@ -10,14 +10,16 @@ import pytest
 
 from rtfsyn.checkpoint import load_checkpoint, save_checkpoint
 from rtfsyn.errors import RtfsynError
+from rtfsyn.evaluation.report import write_report
 from rtfsyn.evaluation.runner import evaluate, parse_tasks
 from test_cli import run_cli
 
 
-def _trained_on(src, dest, cases: list[str]):
+def _trained_on(src, dest, cases: list[str], **extra):
     """A copy of checkpoint ``src`` that says it was trained on ``cases``."""
     state, info = load_checkpoint(src)
-    return save_checkpoint(dest, state, info.config, step=3, info={"train_cases": cases})
+    config = {**info.config, **extra.pop("config", {})}
+    return save_checkpoint(dest, state, config, step=3, info={"train_cases": cases, **extra})
 
 
 def test_evaluate_cli_writes_full_report(capsys, tmp_path, tiny_checkpoint, tiny_bids) -> None:
@@ -74,12 +76,26 @@ def test_training_cases_are_excluded(tmp_path, tiny_checkpoint, tiny_bids) -> No
 
 
 def test_holdout_site_and_bad_tasks(tmp_path, tiny_checkpoint, tiny_bids) -> None:
-    res = evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+    zero_shot = _trained_on(tiny_checkpoint, tmp_path / "zs.safetensors", [],
+                            config={"holdout_site": "A"})
+    res = evaluate([zero_shot], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
                    tissue=False, device="cpu", log=lambda _m: None)
     assert res.cases and all(r.site == "A" for r in res.rows)
+    unseen_b = _trained_on(tiny_checkpoint, tmp_path / "b.safetensors", [], train_sites=["B"])
     with pytest.raises(RtfsynError, match="no evaluation case of site 'Z'"):
-        evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="Z",
+        evaluate([unseen_b], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="Z",
                  device="cpu", log=lambda _m: None)
+    # a model that saw site A, or whose checkpoint cannot tell, is refused for --holdout-site A
+    seen = _trained_on(tiny_checkpoint, tmp_path / "seen.safetensors", [],
+                       train_sites=["A", "B"])
+    with pytest.raises(RtfsynError, match="model seen was trained on site A"):
+        evaluate([zero_shot, seen], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+                 device="cpu", log=lambda _m: None)
+    with pytest.raises(RtfsynError, match="cannot tell whether model tiny saw site A"):
+        evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+                 device="cpu", log=lambda _m: None)
+    assert evaluate([unseen_b], [tiny_bids], parse_tasks("T1w:T2w"), holdout_site="A",
+                    tissue=False, device="cpu", log=lambda _m: None).cases
     with pytest.raises(RtfsynError, match="SOURCE:TARGET"):
         parse_tasks("T1w-T2w")
     with pytest.raises(RtfsynError, match="artifact 'wobble' is unknown"):
@@ -103,3 +119,56 @@ def test_report_writes_go_through_the_output_check(tmp_path) -> None:
     with pytest.raises(OutputPathError, match="checkpoint of model m"):
         write_report(result, out)
     assert model_file.read_text() == "weights"
+
+
+def test_renamed_dataset_keeps_exclusion_and_validation_is_labelled(
+        tmp_path, tiny_checkpoint, tiny_bids) -> None:
+    from rtfsyn.data.cases import load_cases
+    from rtfsyn.data.splits import exclusion_key
+    from rtfsyn.evaluation.report import robustness_table, summary_table
+
+    keys = {c.subject: exclusion_key(c) for c in load_cases(tiny_bids)}
+    ckpt = _trained_on(tiny_checkpoint, tmp_path / "run.safetensors", [keys["sub-01"]],
+                       val_cases=[keys["sub-02"]], test_cases=[keys["sub-03"]])
+    renamed = shutil.copytree(tiny_bids, tmp_path / "renamed-copy")
+    res = evaluate([ckpt], [renamed], parse_tasks("T1w:T2w"), tissue=False, device="cpu",
+                   log=lambda _m: None)
+    assert res.cases == ["renamed-copy/sub-03"] and res.splits == {"renamed-copy/sub-03": "test"}
+    assert res.exclusions == {"renamed-copy/sub-01": "training",
+                              "renamed-copy/sub-02": "validation"}
+    md = write_report(res, tmp_path / "rep0")["md"].read_text()
+    assert "Excluded: 1 training and 1 validation case(s) of the compared models" in md
+    res = evaluate([ckpt], [renamed], parse_tasks("T1w:T2w"), tissue=False, device="cpu",
+                   include_validation_cases=True, artifacts=["gaussian_noise"],
+                   severities=(1,), log=lambda _m: None)
+    assert {r.case: r.split for r in res.rows} == {"renamed-copy/sub-02": "validation",
+                                                    "renamed-copy/sub-03": "test"}
+    header, body = summary_table(res)
+    assert header[2] == "split" and sorted(row[2] for row in body) == ["test", "validation"]
+    header, body = robustness_table(res)
+    assert header[2] == "split" and sorted(row[2] for row in body) == ["test", "validation"]
+    assert all("±" in row[7] for row in body)
+    report = write_report(res, tmp_path / "rep")
+    md = report["md"].read_text()
+    assert "Excluded: 1 training and 0 validation case(s)" in md
+    assert "rows were included on request" in md
+    assert "| validation |" in md and "| test |" in md
+
+
+def test_artifacts_seeded_by_case_not_position(tmp_path, tiny_checkpoint, tiny_bids) -> None:
+    from rtfsyn.evaluation.runner import artifact_seed
+
+    assert artifact_seed(0, "bids/sub-02") == artifact_seed(0, "bids/sub-02")
+    assert artifact_seed(0, "bids/sub-02") != artifact_seed(0, "bids/sub-03")
+    kw = dict(tissue=False, device="cpu", artifacts=["motion"], severities=(2,),
+              log=lambda _m: None)
+    alone = evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"),
+                     cases_only={"bids/sub-03"}, **kw)
+    both = evaluate([tiny_checkpoint], [tiny_bids], parse_tasks("T1w:T2w"),
+                    cases_only={"bids/sub-02", "bids/sub-03"}, **kw)
+
+    def motion(res):
+        return next(r.psnr for r in res.rows if r.case == "bids/sub-03"
+                    and r.condition == "motion:2")
+
+    assert motion(alone) == motion(both)

@@ -44,6 +44,11 @@ def test_train_writes_run_and_validates(tiny_bids, tmp_path) -> None:
     assert info.step == 6 and info.config["model"]["arch"] == "rtfsyn"
     assert len(info.info["train_cases"]) == 2 and len(info.info["val_cases"]) == 1
     assert not set(info.info["train_cases"]) & set(info.info["val_cases"])
+    # participant-level three-way split, keys = participant @ content fingerprint
+    assert info.info["split_version"] == 2 and info.info["test_cases"] == []
+    assert all(k.startswith("sub-0") and "@" in k for k in info.info["train_cases"])
+    assert info.info["train_sites"] and set(info.info["val_participants"]).isdisjoint(
+        info.info["train_participants"])
     # end to end: the trained checkpoint synthesizes a subject on its own grid and affine
     src = tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
     img = rtfsyn.synthesize(src, target="T2w", metadata="TR=4000,TE=90",
@@ -289,3 +294,27 @@ def test_cuda_rng_states_are_saved_and_restored(tiny_bids, tmp_path, monkeypatch
     train([tiny_bids], cfg, tmp_path / "run", progress=False, device="cpu", resume=True)
     assert len(restored) == 1 and [t.tolist() for t in restored[0]] == [[0, 1, 2, 3],
                                                                         [4, 5, 6, 7]]
+
+
+def test_test_participants_are_stored_and_never_loaded(tmp_path, monkeypatch) -> None:
+    from _tiny import write_tiny_bids
+    from rtfsyn.training import trainer as trainer_mod
+
+    data = write_tiny_bids(tmp_path / "five", n_subjects=5)
+    loaded: list[str] = []
+    for name in ("load_subjects", "load_subject_pyramid"):  # validation, training volumes
+        real = getattr(trainer_mod, name)
+
+        def spy(cases, *a, _real=real, **k):
+            loaded.extend(c.subject for c in cases)
+            return _real(cases, *a, **k)
+
+        monkeypatch.setattr(trainer_mod, name, spy)
+    res = train([data], tiny_config(max_steps=2, val_every=2, ckpt_every=2,
+                                    test_fraction=0.34, val_cases=5),
+                tmp_path / "run", progress=False, device="cpu")
+    info = read_checkpoint_info(res.final_checkpoint).info
+    test = info["test_participants"]
+    assert len(test) == 1 and len(info["test_cases"]) == 1
+    assert test[0] not in loaded and set(loaded) == set(info["train_participants"]) | set(
+        info["val_participants"])

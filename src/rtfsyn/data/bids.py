@@ -116,10 +116,9 @@ def load_bids(root: Path) -> list[Case]:
                 fields_extra["InstitutionName"] = site
             try:
                 meta = Metadata.from_sidecar({**fields_extra, **sidecar}, contrast=contrast)
-                if meta.voxel_size is None:
-                    vox = header_voxel_size(nii)
-                    if vox is not None:
-                        meta = meta.with_updates(voxel_size=vox)
+                vox = header_voxel_size(nii)  # RAS order, the grid the model sees
+                if vox is not None:
+                    meta = meta.with_updates(voxel_size=vox)
             except MetadataError as exc:
                 raise DatasetError(f"{nii}: {exc}") from None
             images[contrast] = nii
@@ -128,7 +127,7 @@ def load_bids(root: Path) -> list[Case]:
                 site = meta.site
         if images:
             cases.append(Case(subject, images, metadata, site=site, layout="bids", mask=mask,
-                              labels=labels, info=info))
+                              labels=labels, info=info, participant=sub))
     return cases
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rtfsyn.data.cases import Case, basic_metadata, strip_nii
+from rtfsyn.data.cases import Case, basic_metadata, case_id, strip_nii
 
-__all__ = ["brats_contrast", "find_brats_folders", "load_brats"]
+__all__ = ["brats_contrast", "brats_participant", "find_brats_folders", "load_brats"]
 
 _BRATS_SUFFIX = {
     "t1n": "T1w", "t1": "T1w",
@@ -41,6 +41,13 @@ def brats_contrast(file_name: str) -> tuple[str | None, str]:
     if suffix in _MASK_SUFFIX:
         return "mask", suffix
     return None, suffix
+
+
+def brats_participant(subject: str) -> str:
+    """The patient of a BraTS case id: the time point dropped (``BraTS-GLI-00001-001`` →
+    ``BraTS-GLI-00001``); other ids are their own participant."""
+    m = re.match(r"^(.*BraTS-[A-Za-z]+-\d+)-\d{3}$", subject)
+    return m.group(1) if m else subject
 
 
 def find_brats_folders(root: Path) -> list[Path]:
@@ -73,10 +80,10 @@ def load_brats(root: Path) -> list[Case]:
                 images[contrast] = nii
         if not images:
             continue
-        subject = folder.name if folder != root or root.name else "case"
-        family = re.match(r"^(BraTS-[A-Z]+)", subject)
+        subject = case_id(folder, root)
+        family = re.match(r"^(BraTS-[A-Z]+)", folder.name)
         metadata = {c: basic_metadata(c, p) for c, p in images.items()}
         info = {"dataset": family.group(1)} if family else {}
         cases.append(Case(subject, images, metadata, site=None, layout="brats", mask=mask,
-                          labels=labels, info=info))
+                          labels=labels, info=info, participant=brats_participant(subject)))
     return cases

@@ -14,10 +14,14 @@ __all__ = ["LAYOUTS", "Case", "detect_layout", "load_cases"]
 
 @dataclass(frozen=True)
 class Case:
-    """One subject (or session) with co-registered contrasts.
+    """One subject (or session / time point) with co-registered contrasts.
 
     Attributes:
-        subject: subject id, unique within the dataset (``sub-01``, ``BraTS-GLI-00001-000``).
+        subject: case id, unique within the dataset folder that was read, namespaced by the
+            sub-dataset it lies in: ``sub-01_ses-2`` (BIDS), ``BraTS-GLI-00001-000``, or the
+            folder's path below the root for nested folders
+            (``open-ms-cross-sectional/patient19``), so that two datasets in one folder
+            never give the same id.
         images: contrast name (``T1w``, ``T2w``…) → NIfTI path.
         metadata: contrast name → acquisition :class:`Metadata`.
         site: acquisition site / center, if known.
@@ -27,6 +31,12 @@ class Case:
         labels: tissue / lesion label map, if the dataset has one.
         info: further subject information (age, sex, …; ``participant``/``session`` where a
             dataset has several sessions per person, ``flags`` for problems found on reading).
+        participant: the person the case belongs to, namespaced like ``subject``; every
+            session / time point / study of one person has the same value (``sub-01`` for
+            ``sub-01_ses-2``; ``BraTS-GLI-00001`` for the time points ``-000``/``-001``;
+            ``open-ms-longitudinal-raw/patient01`` for its ``study1``/``study2``). Readers
+            set it; None means the case is its own participant (:attr:`participant_id`).
+            Splits (:mod:`rtfsyn.data.splits`) keep all cases of a participant on one side.
     """
 
     subject: str
@@ -37,6 +47,13 @@ class Case:
     mask: Path | None = None
     labels: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    participant: str | None = None
+
+    @property
+    def participant_id(self) -> str:
+        """The participant (person) id: :attr:`participant`, else ``info["participant"]``,
+        else the case id."""
+        return self.participant or str(self.info.get("participant") or "") or self.subject
 
     @property
     def contrasts(self) -> list[str]:
@@ -123,24 +140,43 @@ def load_cases(path: str | Path, layout: str = "auto") -> list[Case]:
     seen: set[str] = set()
     for case in cases:
         if case.subject in seen:
-            raise DatasetError(f"subject id {case.subject!r} occurs twice in {root}")
+            raise DatasetError(
+                f"subject id {case.subject!r} occurs twice in {root}: give each case folder "
+                "a distinct name"
+            )
         seen.add(case.subject)
     return sorted(cases, key=lambda c: c.subject)
 
 
 def header_voxel_size(path: Path) -> tuple[float, float, float] | None:
-    """Voxel size from a NIfTI header without reading the data (None if unreadable)."""
+    """Voxel size in RAS order from a NIfTI header, data not read (None if unreadable).
+
+    RAS order (:func:`rtfsyn.io.canonical_voxel_size`) because every volume is reoriented to
+    RAS before it reaches a model: a slice-first 5×1×1 mm file gives ``(1, 1, 5)``.
+    """
     import nibabel as nib
-    import numpy as np
+
+    from rtfsyn.io import canonical_voxel_size
 
     try:
         img = nib.load(str(path))
+        sizes = canonical_voxel_size(img.affine)
     except Exception:
         return None
-    sizes = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-    if np.any(sizes <= 0) or np.any(sizes > 20):
+    if min(sizes) <= 0 or max(sizes) > 20:
         return None
-    return tuple(round(float(s), 4) for s in sizes)
+    return sizes
+
+
+def case_id(folder: Path, root: Path) -> str:
+    """Id of the case in ``folder``: its path below ``root`` (POSIX), or the root's name.
+
+    Nested folders keep their parents (``open-ms-cross-sectional/patient19``), so that the
+    same folder name in two datasets below one root gives two ids.
+    """
+    if folder == root:
+        return root.name or "case"
+    return folder.relative_to(root).as_posix()
 
 
 def strip_nii(name: str) -> str:

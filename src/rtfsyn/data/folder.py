@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from rtfsyn.data.cases import Case, basic_metadata, header_voxel_size, strip_nii
+from rtfsyn.data.cases import Case, basic_metadata, case_id, header_voxel_size, strip_nii
 from rtfsyn.errors import MetadataError
 from rtfsyn.metadata import Metadata, normalize_contrast
 
@@ -59,14 +59,14 @@ def load_folders(root: Path, exclude: Iterable[Path] = ()) -> list[Case]:
                 sidecar = nii.parent / f"{strip_nii(nii.name)}.json"
                 if sidecar.exists():
                     meta = Metadata.from_sidecar(sidecar, contrast=kind)
-                    if meta.voxel_size is None and (vox := header_voxel_size(nii)):
+                    if vox := header_voxel_size(nii):  # RAS order, as the model sees it
                         meta = meta.with_updates(voxel_size=vox)
                 else:
                     meta = basic_metadata(kind, nii)
                 images[kind] = nii
                 metadata[kind] = meta
         if images:
-            subject = folder.name if folder != root else (root.name or "case")
+            subject = case_id(folder, root)
             site = next((m.site for m in metadata.values() if m.site), None)
             cases.append(Case(subject, images, metadata, site=site, layout="folder", mask=mask,
                               labels=labels))

@@ -211,6 +211,9 @@ def _narrow_table(path: str | Path, reports: list[CaseReport], present: list[str
 def _wide_table(path: str | Path, reports: list[CaseReport], present: list[str]) -> Table:
     table = Table(title=f"{path}: {len(reports)} cases", show_lines=False)
     table.add_column("subject", overflow="fold")
+    show_pid = any(r.case.participant_id != r.case.subject for r in reports)
+    if show_pid:  # sessions / time points: the person they belong to (splits keep it whole)
+        table.add_column("participant", overflow="fold")
     table.add_column("layout")
     table.add_column("site", overflow="fold")
     table.add_column("scanner")
@@ -221,7 +224,8 @@ def _wide_table(path: str | Path, reports: list[CaseReport], present: list[str])
     for r in reports:
         c = r.case
         table.add_row(
-            c.subject, c.layout, c.site or "-", _scanner(c),
+            c.subject, *([c.participant_id] if show_pid else []), c.layout, c.site or "-",
+            _scanner(c),
             *[_meta_cell(c.metadata[k]) if k in c.metadata else "[dim]·[/]" for k in present],
             _grid_cell(r),
             "; ".join(r.flags) or "[green]ok[/]",

@@ -9,6 +9,7 @@ spec (it uses TorchIO's deterministic ``Motion``, ``Ghosting``, ``Spike``, ``Bia
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,15 +49,19 @@ class ArtifactSpec:
         return f"{self.kind}:{self.severity}"
 
 
-def sample_artifact(kind: str, severity: int, seed: int) -> ArtifactSpec:
-    """Draw the random parameters of an artifact once (deterministic for a seed)."""
+def sample_artifact(kind: str, severity: int, seed: int | Sequence[int]) -> ArtifactSpec:
+    """Draw the random parameters of an artifact once (deterministic for a seed).
+
+    ``seed`` is an int or a sequence of ints (e.g. run seed + a hash of the case key, see
+    :func:`rtfsyn.evaluation.runner.artifact_seed`).
+    """
     if kind not in _LEVELS:
         raise ValueError(f"artifact {kind!r} is unknown: use one of {', '.join(ARTIFACTS)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity {severity} is invalid: use 1, 2 or 3")
     level = _LEVELS[kind][severity - 1]
     # the same random pattern at every severity, scaled by the level: effects grow monotonically
-    rng = np.random.default_rng([seed, ARTIFACTS.index(kind)])
+    rng = np.random.default_rng([*(int(v) for v in np.atleast_1d(seed)), ARTIFACTS.index(kind)])
     p: dict[str, Any] = {"level": level}
     if kind == "motion":
         n = 2

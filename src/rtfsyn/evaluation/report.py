@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -37,16 +38,31 @@ def _group(rows: Sequence[EvalRow], cond: str = "clean") -> dict[tuple[str, str]
     return out
 
 
+def _group_split(rows: Sequence[EvalRow],
+                 cond: str = "clean") -> dict[tuple[str, str, str], list[EvalRow]]:
+    """Rows by (model, task, split): test and explicitly included validation / training
+    cases are never averaged together."""
+    out: dict[tuple[str, str, str], list[EvalRow]] = defaultdict(list)
+    for r in rows:
+        if r.condition == cond:
+            out[(r.model, r.task, r.split)].append(r)
+    return out
+
+
+_SPLIT_ORDER = {"test": 0, "validation": 1, "training": 2}
+
+
 def summary_table(result: EvalResult) -> Table:
-    """Mean ± std per model × task on clean inputs."""
-    header = ["model", "task", "n", "PSNR (dB)", "SSIM", "MAE", "NMSE", "tissue vol. err",
-              "s / volume"]
+    """Mean ± std per model × task × split on clean inputs."""
+    header = ["model", "task", "split", "n", "PSNR (dB)", "SSIM", "MAE", "NMSE",
+              "tissue vol. err", "s / volume"]
     body = []
-    for (model, task), rs in sorted(_group(result.rows).items(), key=lambda kv: (kv[0][1],
-                                                                                  kv[0][0])):
+    for (model, task, split), rs in sorted(
+            _group_split(result.rows).items(),
+            key=lambda kv: (kv[0][1], _SPLIT_ORDER.get(kv[0][2], 9), kv[0][0])):
         tissue = [r.tissue_error for r in rs if r.tissue_error is not None]
         body.append([
-            model, task, str(len(rs)),
+            model, task, split, str(len(rs)),
             _fmt(*mean_std([r.psnr for r in rs]), 2),
             _fmt(*mean_std([r.ssim for r in rs]), 4),
             _fmt(*mean_std([r.mae for r in rs]), 4),
@@ -59,22 +75,24 @@ def summary_table(result: EvalResult) -> Table:
 
 def paired_table(result: EvalResult) -> Table:
     """First model vs each other model, per task: mean difference and Wilcoxon p."""
-    header = ["task", "A", "B", "n", "ΔPSNR (A−B)", "p", "ΔSSIM (A−B)", "p"]
+    header = ["task", "split", "A", "B", "n", "ΔPSNR (A−B)", "p", "ΔSSIM (A−B)", "p"]
     body = []
     models = list(result.models)
-    groups = _group(result.rows)
+    groups = _group_split(result.rows)
+    splits = sorted({r.split for r in result.rows}, key=lambda x: _SPLIT_ORDER.get(x, 9))
     for task in sorted({r.task for r in result.rows}):
-        for other in models[1:]:
-            a = {r.case: r for r in groups.get((models[0], task), [])}
-            b = {r.case: r for r in groups.get((other, task), [])}
-            common = sorted(set(a) & set(b))
-            if not common:
-                continue
-            cp = paired_comparison([a[c].psnr for c in common], [b[c].psnr for c in common])
-            cs = paired_comparison([a[c].ssim for c in common], [b[c].ssim for c in common])
-            body.append([task, models[0], other, str(cp["n"]), f"{cp['mean_diff']:+.2f}",
-                         _p(cp["p_wilcoxon"]), f"{cs['mean_diff']:+.4f}",
-                         _p(cs["p_wilcoxon"])])
+        for split in splits:
+            for other in models[1:]:
+                a = {r.case: r for r in groups.get((models[0], task, split), [])}
+                b = {r.case: r for r in groups.get((other, task, split), [])}
+                common = sorted(set(a) & set(b))
+                if not common:
+                    continue
+                cp = paired_comparison([a[c].psnr for c in common], [b[c].psnr for c in common])
+                cs = paired_comparison([a[c].ssim for c in common], [b[c].ssim for c in common])
+                body.append([task, split, models[0], other, str(cp["n"]),
+                             f"{cp['mean_diff']:+.2f}", _p(cp["p_wilcoxon"]),
+                             f"{cs['mean_diff']:+.4f}", _p(cs["p_wilcoxon"])])
     return header, body
 
 
@@ -82,25 +100,47 @@ def _p(p: float | None) -> str:
     return "n<5" if p is None else f"{p:.3g}"
 
 
-def robustness_table(result: EvalResult) -> Table:
-    """Mean PSNR / SSIM per model × task × artifact × severity and the drop from clean."""
-    header = ["model", "task", "artifact", "severity", "n", "PSNR", "ΔPSNR", "SSIM", "ΔSSIM"]
-    body = []
+def robustness_drops(result: EvalResult) -> list[dict[str, Any]]:
+    """Per model × task × split × artifact × severity: the per-case drop from clean
+    (corrupted − clean on the same case), its mean ± std over cases, and n."""
     clean = {(r.model, r.task, r.case): r for r in result.rows if r.condition == "clean"}
-    grouped: dict[tuple[str, str, str, int], list[EvalRow]] = defaultdict(list)
+    grouped: dict[tuple[str, str, str, str, int], list[EvalRow]] = defaultdict(list)
     for r in result.rows:
         if r.condition != "clean":
             kind, sev = r.condition.split(":")
-            grouped[(r.model, r.task, kind, int(sev))].append(r)
-    for (model, task, kind, sev), rs in sorted(grouped.items()):
-        base = [clean[(r.model, r.task, r.case)] for r in rs if (r.model, r.task, r.case) in
-                clean]
-        dp = np.mean([r.psnr for r in rs]) - np.mean([b.psnr for b in base]) if base else np.nan
-        ds = np.mean([r.ssim for r in rs]) - np.mean([b.ssim for b in base]) if base else np.nan
-        body.append([model, task, kind, str(sev), str(len(rs)),
-                     f"{np.mean([r.psnr for r in rs]):.2f}", f"{dp:+.2f}",
-                     f"{np.mean([r.ssim for r in rs]):.4f}", f"{ds:+.4f}"])
+            grouped[(r.model, r.task, r.split, kind, int(sev))].append(r)
+    out = []
+    for (model, task, split, kind, sev), rs in sorted(grouped.items()):
+        pairs = [(r, clean[(r.model, r.task, r.case)]) for r in rs
+                 if (r.model, r.task, r.case) in clean]
+        dp = [r.psnr - c.psnr for r, c in pairs if math.isfinite(r.psnr - c.psnr)]
+        ds = [r.ssim - c.ssim for r, c in pairs]
+        out.append({
+            "model": model, "task": task, "split": split, "artifact": kind, "severity": sev,
+            "n": len(pairs), "psnr": float(np.mean([r.psnr for r in rs])),
+            "ssim": float(np.mean([r.ssim for r in rs])),
+            "psnr_drop_mean": mean_std(dp)[0], "psnr_drop_std": mean_std(dp)[1],
+            "ssim_drop_mean": mean_std(ds)[0], "ssim_drop_std": mean_std(ds)[1],
+        })
+    return out
+
+
+def robustness_table(result: EvalResult) -> Table:
+    """Mean PSNR / SSIM per model × task × split × artifact × severity, and the per-case
+    drop from clean as mean ± std over cases."""
+    header = ["model", "task", "split", "artifact", "severity", "n", "PSNR", "ΔPSNR",
+              "SSIM", "ΔSSIM"]
+    body = [[e["model"], e["task"], e["split"], e["artifact"], str(e["severity"]), str(e["n"]),
+             f"{e['psnr']:.2f}", _fmt_signed(e["psnr_drop_mean"], e["psnr_drop_std"], 2),
+             f"{e['ssim']:.4f}", _fmt_signed(e["ssim_drop_mean"], e["ssim_drop_std"], 4)]
+            for e in robustness_drops(result)]
     return header, body
+
+
+def _fmt_signed(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:+.{digits}f} ± {std:.{digits}f}"
 
 
 def efficiency_table(result: EvalResult) -> Table:
@@ -163,7 +203,8 @@ def _figures(result: EvalResult, fig_dir: Path) -> list[tuple[str, Path]]:
             ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-        fig.suptitle(f"{task}, median case {median.case}: PSNR {median.psnr:.2f} dB, "
+        fig.suptitle(f"{task}, median case {median.case} ({median.split}): "
+                     f"PSNR {median.psnr:.2f} dB, "
                      f"SSIM {median.ssim:.3f}", fontsize=10)
         fig.tight_layout()
         path = fig_dir / f"panel_{_safe(model)}_{_safe(task)}.png"
@@ -244,25 +285,38 @@ def _write_report(result: EvalResult, out_dir: str | Path, command: str,
                 w.writerow(r.as_dict())
 
     paths["csv"] = atomic_write(out / "per_case.csv", _csv)
-    paths["json"] = atomic_write(out / "results.json",
-                                 lambda tmp: Path(tmp).write_text(rows_to_json(result)))
+    payload = {**json.loads(rows_to_json(result)), "robustness": robustness_drops(result)}
+    paths["json"] = atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(
+        json.dumps(payload, indent=1, default=str)))
     figs = _figures(result, out / "figures")
     sections: list[tuple[str, str, Table | None]] = []
-    scope = (f"cases of the held-out site **{result.holdout_site}** (zero-shot for models "
-             "trained without it)" if result.holdout_site else "held-out cases")
-    intro = (f"{len(result.cases)} {scope}; tasks "
-             f"{', '.join(f'{a}→{b}' for a, b in result.tasks)}; "
-             f"{len(result.excluded)} training case(s) excluded. Metrics inside the brain mask "
-             "after 0.5–99.5 percentile normalisation of both volumes (PSNR with data range 1, "
-             "3-D SSIM).")
+    scope = (f"cases of the held-out site **{result.holdout_site}** (every model's checkpoint "
+             "shows it was trained without it)" if result.holdout_site else "cases")
+    n_split = {k: sum(v == k for v in result.splits.values())
+               for k in ("test", "validation", "training")}
+    labelled = "; ".join(f"{n} {k}" for k, n in n_split.items() if n)
+    n_ex_val = sum(v == "validation" for v in result.exclusions.values())
+    n_ex_train = len(result.excluded) - n_ex_val
+    intro = (f"{len(result.cases)} {scope} ({labelled or 'none'}); tasks "
+             f"{', '.join(f'{a}→{b}' for a, b in result.tasks)}. Excluded: {n_ex_train} "
+             f"training and {n_ex_val} validation case(s) of the compared models (their "
+             "checkpoints list them, matched by participant and image content; every session "
+             "of such a participant is excluded). 'test' = no compared model trained or "
+             "validated on the case"
+             + ("; 'validation' / 'training' rows were included on request and are never "
+                "averaged with test rows" if n_split["validation"] or n_split["training"]
+                else "")
+             + ". Metrics inside the brain mask after 0.5–99.5 percentile normalisation of "
+             "both volumes (PSNR with data range 1, 3-D SSIM).")
     sections.append(("Quality (clean inputs)", intro, summary_table(result)))
     if len(result.models) > 1:
         sections.append(("Paired comparison", "Wilcoxon signed-rank p-values need ≥ 5 cases.",
                          paired_table(result)))
     rob = robustness_table(result)
     if rob[1]:
-        sections.append(("Robustness to artifacts", "Source corrupted at three fixed, seeded "
-                         "severities; Δ = corrupted − clean on the same cases.", rob))
+        sections.append(("Robustness to artifacts", "Source corrupted at three fixed "
+                         "severities, seeded by the case key; Δ = corrupted − clean per case, "
+                         "mean ± std over the n cases.", rob))
     sections.append(("Efficiency", "Parameters and FLOPs per window (torch.utils.flop_counter),"
                      " mean seconds per synthesized volume in this run.",
                      efficiency_table(result)))
@@ -312,9 +366,9 @@ def _write_report(result: EvalResult, out_dir: str | Path, command: str,
 
 
 def summary_dict(result: EvalResult) -> dict[str, Any]:
-    """Mean metrics per model × task (clean) as plain numbers (for JSON / model cards)."""
+    """Mean metrics per model × task (clean, test cases) as plain numbers (for model cards)."""
     out: dict[str, Any] = {}
-    for (model, task), rs in _group(result.rows).items():
+    for (model, task), rs in _group([r for r in result.rows if r.split == "test"]).items():
         out.setdefault(model, {})[task] = {
             "n": len(rs),
             "psnr": mean_std([r.psnr for r in rs])[0],

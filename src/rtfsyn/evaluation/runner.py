@@ -4,13 +4,16 @@ For each case and task (source → target) and each model the source is synthesi
 target with the real pipeline (:func:`rtfsyn.inference.synthesize_image`, on the source grid,
 brain mask given), both volumes are normalised the same way
 (:func:`rtfsyn.preprocess.robust_normalize`) and PSNR / SSIM / MAE / NMSE are taken in the
-mask. Cases a model was trained on (listed in its checkpoint) are excluded for every model,
-so no number is computed on training data. Optional: the source corrupted by artifacts at
-three severities, and 3-class tissue volumes of synthesized vs real target.
+mask. Only test cases are scored by default: cases any compared model trained or validated
+on (listed in its checkpoint, matched by participant and content fingerprint) are excluded for
+every model; validation cases can be included explicitly and are then labelled. Optional: the
+source corrupted by artifacts at three severities (seeded by the case key), and 3-class tissue
+volumes of synthesized vs real target.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -24,6 +27,7 @@ import numpy as np
 
 from rtfsyn import io
 from rtfsyn.data.cases import Case, load_cases
+from rtfsyn.data.splits import SplitIndex, legacy_case_key
 from rtfsyn.errors import RtfsynError
 from rtfsyn.evaluation.artifacts import ARTIFACTS, SEVERITIES, apply_artifact, sample_artifact
 from rtfsyn.evaluation.tissue import (
@@ -35,7 +39,8 @@ from rtfsyn.metadata import normalize_contrast
 from rtfsyn.metrics import all_metrics
 from rtfsyn.preprocess import brain_mask, robust_normalize
 
-__all__ = ["EvalResult", "case_key", "evaluate", "parse_tasks"]
+__all__ = ["EvalResult", "artifact_seed", "case_key", "check_site_unseen", "evaluate",
+           "parse_tasks"]
 
 
 def parse_tasks(text: str | Sequence[str]) -> list[tuple[str, str]]:
@@ -56,8 +61,12 @@ def parse_tasks(text: str | Sequence[str]) -> list[tuple[str, str]]:
 
 
 def case_key(folder: str | Path, subject: str) -> str:
-    """Identity of a case across runs: dataset folder name + subject id."""
-    return f"{Path(folder).resolve().name}/{subject}"
+    """Display name of a case in reports: dataset folder name + subject id.
+
+    Exclusion does not rely on it (a renamed folder changes it): checkpoints list their
+    cases by participant and content fingerprint (:mod:`rtfsyn.data.splits`).
+    """
+    return legacy_case_key(folder, subject)
 
 
 @dataclass
@@ -75,6 +84,7 @@ class EvalRow:
     nmse: float
     seconds: float
     tissue_error: float | None = None
+    split: str = "test"  # "test", or "validation" / "training" when explicitly included
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,6 +102,10 @@ class EvalResult:
     holdout_site: str | None
     slices: dict[tuple[str, str, str], dict[str, np.ndarray]] = field(default_factory=dict)
     efficiency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: excluded case → why ("training" / "validation": a compared model's checkpoint lists it)
+    exclusions: dict[str, str] = field(default_factory=dict)
+    #: evaluated case → split label ("test", "validation", "training")
+    splits: dict[str, str] = field(default_factory=dict)
 
 
 def _load(case: Case, contrast: str) -> nib.Nifti1Image:
@@ -117,46 +131,62 @@ def evaluate(
     device: str = "auto",
     seed: int = 0,
     include_training_cases: bool = False,
+    include_validation_cases: bool = False,
     log: Callable[[str], None] = print,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> EvalResult:
     """Run the evaluation (see the module docstring); returns rows for reporting.
 
-    ``cases_only``: evaluate only these case keys (:func:`case_key`, ``"<folder>/<subject>"``);
-    training cases are still excluded unless ``include_training_cases``.
+    By default only **test** cases are scored: cases that no compared model trained or
+    validated on (its checkpoint's test split, or data it never listed). Training and
+    validation cases of *every* model are excluded, matched by participant and content
+    fingerprint (:class:`rtfsyn.data.splits.SplitIndex`; legacy ``folder/subject`` keys
+    too); a participant with one excluded session is excluded whole.
+    ``include_validation_cases`` / ``include_training_cases`` keep them, labelled in
+    :attr:`EvalRow.split`. ``holdout_site``: score only that site, and refuse a model whose
+    checkpoint does not show it was trained without the site.
+    ``cases_only``: evaluate only these case keys (:func:`case_key`, ``"<folder>/<subject>"``).
     """
     from rtfsyn.device import resolve_device
     from rtfsyn.inference import load_model, synthesize_image
 
     dev = resolve_device(device)
     loaded = {}
-    trained_on: set[str] = set()
     model_info: dict[str, dict[str, Any]] = {}
     for m in models:
         lm = load_model(m, dev)
         name = _unique_name(lm.name if lm.name not in ("final", "last", "best") else
                             Path(str(lm.info.path)).parents[1].name, loaded)
         loaded[name] = lm
-        train_info = lm.info.info or {}
-        trained_on |= set(train_info.get("train_cases", []))
+        if holdout_site is not None:
+            check_site_unseen(name, lm.info.config, lm.info.info or {}, holdout_site)
         n_params = sum(p.numel() for p in lm.model.parameters())
         model_info[name] = {
             "path": str(lm.info.path), "arch": lm.info.config.get("model", {}).get("arch"),
             "step": lm.info.step, "params": n_params, "spacing": lm.spacing,
             "holdout_site": lm.info.config.get("holdout_site"),
         }
+    index = SplitIndex.from_infos(lm.info.info for lm in loaded.values())
+    keep = {"training": include_training_cases, "validation": include_validation_cases}
     cases: list[tuple[str, Case]] = []
     excluded: list[str] = []
+    exclusions: dict[str, str] = {}
+    labels: dict[str, str] = {}
     for folder in data:
-        for case in load_cases(folder):
+        folder_cases = load_cases(folder)
+        roles = index.roles(folder_cases, folder) if not index.empty else {}
+        for case in folder_cases:
             key = case_key(folder, case.subject)
             if holdout_site is not None and case.site != holdout_site:
                 continue
             if cases_only is not None and key not in cases_only:
                 continue
-            if key in trained_on and not include_training_cases:
+            role = roles.get(case.subject)
+            if role in keep and not keep[role]:
                 excluded.append(key)
+                exclusions[key] = role
                 continue
+            labels[key] = role if role in keep else "test"
             cases.append((key, case))
     if holdout_site is not None and not cases:
         raise RtfsynError(
@@ -166,10 +196,13 @@ def evaluate(
         cases = cases[:max_cases]
     if not cases:
         raise RtfsynError(
-            "no case left to evaluate (all were training cases of a model?): give held-out data"
+            "no case left to evaluate (all were training or validation cases of a model): give "
+            "held-out data, or --include-validation-cases to score validation cases (labelled)"
         )
     if excluded:
-        log(f"excluded {len(excluded)} case(s) the models were trained on")
+        n_val = sum(r == "validation" for r in exclusions.values())
+        log(f"excluded {len(excluded) - n_val} training and {n_val} validation case(s) of the "
+            "compared models (listed in their checkpoints)")
     kinds = list(ARTIFACTS) if artifacts is True else list(artifacts or [])
     for k in kinds:
         if k not in ARTIFACTS:
@@ -209,7 +242,7 @@ def evaluate(
             if kinds and (artifact_cases is None or ci < artifact_cases):
                 for kind in kinds:
                     for sev in severities:
-                        spec = sample_artifact(kind, sev, seed=seed + ci)
+                        spec = sample_artifact(kind, sev, seed=artifact_seed(seed, key))
                         corrupted = apply_artifact(src_norm, spec, io.spacing_of(src_img))
                         conditions.append((spec.name, corrupted * mask))
             task = f"{source}->{target}"
@@ -234,7 +267,7 @@ def evaluate(
                         terr = float(np.mean(errs)) if errs else None
                     rows.append(EvalRow(name, task, key, case.site, cond, metrics["psnr"],
                                         metrics["ssim"], metrics["mae"], metrics["nmse"], secs,
-                                        terr))
+                                        terr, labels[key]))
                     if cond == "clean":
                         slices[(name, task, key)] = {
                             "source": _mid_slices(src_norm), "pred": _mid_slices(pred_norm),
@@ -244,7 +277,33 @@ def evaluate(
                     if progress is not None:
                         progress(done, total, f"{name} {task} {key} {cond}")
     return EvalResult(rows, model_info, list(tasks), [k for k, _ in usable], excluded,
-                      holdout_site, slices)
+                      holdout_site, slices, exclusions=exclusions,
+                      splits={k: labels[k] for k, _ in usable})
+
+
+def artifact_seed(seed: int, key: str) -> list[int]:
+    """Artifact seed of a case: the run seed and a hash of its key, not its list position,
+    so a case gets the same corruption whatever else is evaluated."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return [int(seed), int.from_bytes(digest[:8], "little")]
+
+
+def check_site_unseen(name: str, config: dict[str, Any], info: dict[str, Any],
+                      site: str) -> None:
+    """Refuse a model whose checkpoint does not show it was trained without ``site``."""
+    if config.get("holdout_site") == site:
+        return
+    if "train_sites" in info:
+        if site not in info["train_sites"]:
+            return
+        raise RtfsynError(
+            f"model {name} was trained on site {site} (its checkpoint lists it): a zero-shot "
+            f"--holdout-site {site} score needs a model trained with --holdout-site {site}"
+        )
+    raise RtfsynError(
+        f"cannot tell whether model {name} saw site {site} in training (its checkpoint has "
+        f"no site list): use a model trained with --holdout-site {site}, or drop --holdout-site"
+    )
 
 
 def _unique_name(name: str, taken: dict[str, Any]) -> str:
@@ -258,4 +317,5 @@ def rows_to_json(result: EvalResult) -> str:
     """All rows and model info as JSON."""
     return json.dumps({"models": result.models, "rows": [r.as_dict() for r in result.rows],
                        "efficiency": result.efficiency, "excluded": result.excluded,
+                       "exclusions": result.exclusions, "splits": result.splits,
                        "holdout_site": result.holdout_site}, indent=1, default=str)

@@ -45,6 +45,10 @@ class TrainConfig(BaseModel):
         2, ge=1, le=4, description="finest output grid: spacing / max_out_factor (out_grids)")
     ema_decay: float | None = Field(None, gt=0, lt=1)
     val_fraction: float = Field(0.2, ge=0, lt=1)
+    test_fraction: float = Field(
+        0.2, ge=0, lt=1, description="participants per site kept as the test split (stored "
+        "in the checkpoint, never used in training, validation or model choice)"
+    )
     val_every: int = Field(500, ge=1)
     val_cases: int = Field(2, ge=0)
     val_pairs: list[tuple[str, str]] | None = None

@@ -23,6 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from rtfsyn import io
 from rtfsyn.data.cases import Case
+from rtfsyn.data.splits import split_cases  # re-exported: it lived here before
 from rtfsyn.errors import DatasetError
 from rtfsyn.metadata import Metadata
 from rtfsyn.preprocess import bounding_box, brain_mask, robust_normalize
@@ -38,6 +39,7 @@ __all__ = [
     "load_subject_pyramid",
     "load_subjects",
     "sample_grid",
+    "split_cases",
 ]
 
 
@@ -97,7 +99,7 @@ def _make_subject(case: Case, canon: dict[str, nib.Nifti1Image], spacing: float 
     volumes = {c: robust_normalize(v, mask)[0][box] for c, v in images.items()}
     native = max(io.spacing_of(next(iter(canon.values()))))
     return Subject(case=case, volumes=volumes, mask=mask[box],
-                   spacing=tuple(round(s, 4) for s in io.spacing_of(ref)),
+                   spacing=io.canonical_voxel_size(ref),
                    labels=None if labels is None else labels[box],
                    native_spacing=round(native, 4))
 
@@ -450,44 +452,6 @@ def _area(patch: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
     if tuple(t.shape) == tuple(shape):
         return t
     return F.interpolate(t[None, None], size=tuple(int(n) for n in shape), mode="area")[0, 0]
-
-
-def split_cases(
-    cases: Sequence[Case], val_fraction: float = 0.2, holdout_site: str | None = None,
-    seed: int = 0,
-) -> tuple[list[Case], list[Case], list[Case]]:
-    """Split into (train, validation, held-out-site) cases, deterministically.
-
-    Cases of ``holdout_site`` go to the third list only. The others are split per site
-    (stratified, so every site with ≥ 3 cases has validation subjects): ``val_fraction`` of
-    each site's cases, at least one when the site has ≥ 3 cases and the fraction is > 0.
-    """
-    site_cases = [c for c in cases if holdout_site is not None and c.site == holdout_site]
-    if holdout_site is not None and not site_cases:
-        sites = sorted({c.site for c in cases if c.site})
-        raise DatasetError(
-            f"--holdout-site {holdout_site!r} matches no case; sites are: "
-            f"{', '.join(sites) or 'none'}"
-        )
-    rest = [c for c in cases if c not in site_cases]
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(rest):
-        groups.setdefault(c.site or "", []).append(i)
-    rng = np.random.default_rng(seed)
-    val_idx: set[int] = set()
-    for site in sorted(groups):
-        members = groups[site]
-        n_val = round(val_fraction * len(members))
-        if val_fraction > 0 and n_val == 0 and len(members) >= 3:
-            n_val = 1
-        val_idx.update(members[j] for j in rng.permutation(len(members))[:n_val])
-    val = [c for i, c in enumerate(rest) if i in val_idx]
-    train = [c for i, c in enumerate(rest) if i not in val_idx]
-    if not train:
-        raise DatasetError("no training cases left after the validation / held-out split")
-    return train, val, site_cases
-
-
 def case_paths(case: Case) -> list[Path]:
     """Every file of a case (inputs to protect from overwriting)."""
     return [*case.images.values(), *(p for p in (case.mask, case.labels) if p is not None)]

@@ -62,6 +62,7 @@ from rtfsyn.checkpoint import (
     save_training_state,
 )
 from rtfsyn.data.cases import Case, load_cases
+from rtfsyn.data.splits import exclusion_key, split_participants
 from rtfsyn.errors import RtfsynError
 from rtfsyn.training.config import TrainConfig
 from rtfsyn.training.dataset import (
@@ -73,7 +74,6 @@ from rtfsyn.training.dataset import (
     load_subject_pyramid,
     load_subjects,
     sample_grid,
-    split_cases,
 )
 from rtfsyn.training.losses import synthesis_loss
 
@@ -179,17 +179,18 @@ def _warn_implausible(cases: Sequence[Case], say: Callable[..., Any]) -> int:
 
 
 def _load_all_cases(data: Sequence[str | Path]) -> tuple[list[Case], dict[str, str]]:
-    """Cases of all folders (ids made unique) and each id's dataset-independent key."""
-    from rtfsyn.evaluation.runner import case_key
-
+    """Cases of all folders (ids and participants made unique) and each id's exclusion key
+    (participant + content fingerprint, :func:`rtfsyn.data.splits.exclusion_key`)."""
     cases: list[Case] = []
     keys: dict[str, str] = {}
     for folder in data:
         for case in load_cases(folder):
-            sid = case.subject if len(data) == 1 else f"{Path(folder).name}/{case.subject}"
-            keys[sid] = case_key(folder, case.subject)
+            prefix = "" if len(data) == 1 else f"{Path(folder).name}/"
+            sid = prefix + case.subject
+            keys[sid] = exclusion_key(case)
             cases.append(Case(sid, case.images, case.metadata, case.site, case.layout,
-                              case.mask, case.labels, case.info))
+                              case.mask, case.labels, case.info,
+                              participant=prefix + case.participant_id))
     return cases, keys
 
 
@@ -389,18 +390,23 @@ def _setup(
 
     # ---------------------------------------------------------------- data
     cases, keys = _load_all_cases(data)
-    train_cases, val_cases, site_cases = split_cases(
-        cases, config.val_fraction, holdout_site=holdout_site, seed=config.seed
-    )
-    split_info = {
-        "train_cases": [keys[c.subject] for c in train_cases],
-        "val_cases": [keys[c.subject] for c in val_cases],
-        "holdout_cases": [keys[c.subject] for c in site_cases],
+    split = split_participants(cases, config.val_fraction, config.test_fraction,
+                               holdout_site=holdout_site, seed=config.seed)
+    train_cases, val_cases, site_cases = split.train, split.val, split.holdout
+    split_info = {  # test cases: stored, never loaded here (no early stopping, no choice)
+        "split_version": 2,
+        **{entry: [keys[c.subject] for c in getattr(split, part)] for part, entry in
+           (("train", "train_cases"), ("val", "val_cases"), ("test", "test_cases"),
+            ("holdout", "holdout_cases"))},
+        **{f"{part}_participants": split.participants(part) for part in ("train", "val",
+                                                                          "test")},
+        "train_sites": sorted({c.site for c in train_cases if c.site}),
     }
     _warn_implausible(cases, say)
-    say(f"[bold]rtfsyn train[/] {len(train_cases)} training, {len(val_cases)} validation"
+    say(f"[bold]rtfsyn train[/] {len(train_cases)} training, {len(val_cases)} validation, "
+        f"{len(split.test)} test"
         + (f", {len(site_cases)} held-out-site ({holdout_site})" if holdout_site else "")
-        + f" cases; device {dev}; world size {world}")
+        + f" cases (split by participant); device {dev}; world size {world}")
     # every volume is read, resampled and normalised once here: a step does no file I/O
     factors = (tuple(range(1, config.max_out_factor + 1))
                if config.out_grids and config.spacing is not None else (1,))
@@ -443,6 +449,8 @@ def _setup(
         model.load_state_dict(weights)
         seen = set((init_info.info or {}).get("train_cases", []))
         split_info["train_cases"] = sorted(set(split_info["train_cases"]) | seen)
+        split_info["train_sites"] = sorted(set(split_info["train_sites"])
+                                           | set((init_info.info or {}).get("train_sites", [])))
         run_config["init_from"] = {"path": str(init_info.path), "step": init_info.step}
         say(f"initialised from {init_info.path} (step {init_info.step})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
