@@ -81,7 +81,13 @@ def fast(monkeypatch):
     """Skip the network's forward pass (the CLI plumbing is what these tests check)."""
     import rtfsyn.inference as inference
 
-    monkeypatch.setattr(inference, "predict_volume", lambda lm, src, *a, **k: src.copy())
+    def identity(lm, src, *a, out=None, **k):
+        if out is None:
+            return src.copy()
+        out[...] = src  # predict_volume writes into ``out`` when given
+        return out
+
+    monkeypatch.setattr(inference, "predict_volume", identity)
 
 
 @pytest.fixture

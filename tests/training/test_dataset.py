@@ -211,3 +211,16 @@ def test_plain_index_items_are_unchanged(tiny_bids) -> None:
         a, b = ds[i], ds[(2, i, None)]
         assert torch.equal(a["source"], b["source"]) and a["target_meta"] == b["target_meta"]
         assert a["source"].shape == (1, 12, 12, 12)
+
+
+def test_fine_grid_item_carries_the_prior_averaged_like_the_source(tiny_bids) -> None:
+    ds = _levels_dataset(tiny_bids)
+    ds.physics_prior = True
+    grid = GridSpec(2, (12, 12, 12), (6, 6, 6), (12, 12, 12), "fine")
+    spec = ds.sample_spec(5, 0, grid)
+    item = ds[(0, 5, grid)]
+    assert item["source"].shape == (2, 6, 6, 6)
+    prior = ds.prior(spec.subject, spec.source, spec.target, level=2)
+    assert prior.shape == ds.levels[2][spec.subject].mask.shape  # on the fine grid
+    region = torch.from_numpy(_crop(prior, spec.corner, 12))
+    torch.testing.assert_close(item["source"][1], F.avg_pool3d(region[None, None], 2)[0, 0])

@@ -292,7 +292,7 @@ class PatchDataset(Dataset):
         self._mask_idx = {k: [None if s is None else np.flatnonzero(s.mask).astype(np.int32)
                               for s in subs] for k, subs in self.levels.items()}
         self.physics_prior = bool(physics_prior)
-        self._priors: dict[tuple[int, str, str], np.ndarray] = {}
+        self._priors: dict[tuple[int, int, str, str], np.ndarray] = {}
 
     @property
     def grid_levels(self) -> list[int]:
@@ -326,8 +326,9 @@ class PatchDataset(Dataset):
         """Cut the patches described by ``spec`` (zero-padded at the volume border).
 
         Without ``grid``: ``patch_size`` cubes, metadata voxel size = the subject's spacing.
-        With ``grid``: source ``(1, *grid.source_shape)``, target and mask
-        ``(1, *grid.out_shape)``, metadata voxel sizes of those grids.
+        With ``grid``: source ``(C, *grid.source_shape)``, target and mask
+        ``(1, *grid.out_shape)``, metadata voxel sizes of those grids. ``C = 2`` with
+        ``physics_prior`` (source, physics prior of the target), else 1.
         """
         if grid is None:
             s = self.subjects[spec.subject]
@@ -348,10 +349,10 @@ class PatchDataset(Dataset):
         s = self.levels[grid.level][spec.subject]
         assert s is not None
         region = grid.region
-        src = _area(_crop(s.volumes[spec.source], spec.corner, region), grid.source_shape)
-        if self.physics_prior:
-            raise DatasetError("out_grids and a physics_prior model cannot be combined yet: "
-                               "set out_grids: false")
+        src = _area(_crop(s.volumes[spec.source], spec.corner, region), grid.source_shape)[None]
+        if self.physics_prior:  # the prior on the fine grid, averaged like the source
+            pri = self.prior(spec.subject, spec.source, spec.target, level=grid.level)
+            src = torch.cat([src, _area(_crop(pri, spec.corner, region), grid.source_shape)[None]])
         tgt = _area(_crop(s.volumes[spec.target], spec.corner, region), grid.out_shape)
         mask = _area(_crop(s.mask, spec.corner, region), grid.out_shape)
         src_vox = tuple(round(sp * r / n, 4) for sp, r, n in
@@ -359,12 +360,25 @@ class PatchDataset(Dataset):
         tgt_vox = tuple(round(sp * r / n, 4) for sp, r, n in
                         zip(s.spacing, region, grid.out_shape, strict=True))
         return {
-            "source": src[None],
+            "source": src,
             "target": tgt[None],
             "mask": mask[None],
             "source_meta": s.case.metadata[spec.source].with_updates(voxel_size=src_vox),
             "target_meta": s.case.metadata[spec.target].with_updates(voxel_size=tgt_vox),
         }
+
+    def prior(self, subject: int, source: str, target: str, level: int = 1) -> np.ndarray:
+        """The cached physics prior of ``target`` from ``source`` for one subject, on the grid
+        of level ``level`` (as inference computes it on the input grid, before averaging)."""
+        key = (level, subject, source, target)
+        if key not in self._priors:
+            from rtfsyn.prior import prior_for_volume
+
+            s = self.levels[level][subject]
+            assert s is not None
+            self._priors[key] = prior_for_volume(s.volumes[source], s.metadata(source),
+                                                 s.metadata(target), mask=s.mask)
+        return self._priors[key]
 
     def __getitem__(self, key: int | tuple[int, int, GridSpec | None]) -> dict[str, object]:
         if isinstance(key, tuple):
@@ -410,17 +424,6 @@ class StepBatchSampler(Sampler[list[tuple[int, int, GridSpec | None]]]):
             grid = self.grid_fn(step) if self.grid_fn is not None else None
             yield [(epoch, int(i), grid) for i in indices[b : b + self.batch_size]]
             step += 1
-
-    def prior(self, subject: int, source: str, target: str) -> np.ndarray:
-        """The cached physics prior of ``target`` from ``source`` for one subject."""
-        key = (subject, source, target)
-        if key not in self._priors:
-            from rtfsyn.prior import prior_for_volume
-
-            s = self.subjects[subject]
-            self._priors[key] = prior_for_volume(s.volumes[source], s.metadata(source),
-                                                 s.metadata(target), mask=s.mask)
-        return self._priors[key]
 
 
 def collate(items: list[dict[str, object]]) -> dict[str, object]:

@@ -427,9 +427,6 @@ def _setup(
     # ---------------------------------------------------------------- model
     model_cfg = model_config_dict(config.model)
     dataset.physics_prior = bool(model_cfg.get("physics_prior", False))  # rtfsyn.prior channel
-    if dataset.physics_prior and config.out_grids:
-        raise RtfsynError("a physics_prior model cannot train with out_grids yet: set "
-                          "out_grids: false in the training config")
     torch.manual_seed(config.seed)
     model = build_model(ModelConfig(**model_cfg)).to(dev)
     run_config = {
