@@ -60,13 +60,19 @@ def test_nan_is_rejected(tmp_path) -> None:
         io.load_nifti(make_nifti(tmp_path / "a.nii.gz", data=data))
 
 
-def test_zero_voxel_size_is_rejected(tmp_path) -> None:
+def _zero_voxel_file(tmp_path):
+    """A NIfTI whose header has a zero voxel size and no affine (only pixdim)."""
     img = nib.Nifti1Image(np.ones((6, 7, 8), np.float32), None)
     img.header["pixdim"][1:4] = [1.0, 0.0, 1.0]
     img.set_sform(None, code=0)
     img.set_qform(None, code=0)
     path = tmp_path / "a.nii.gz"
     nib.save(img, str(path))
+    return path
+
+
+def test_zero_voxel_size_is_rejected(tmp_path) -> None:
+    path = _zero_voxel_file(tmp_path)
     with pytest.raises(InputImageError, match="voxel sizes .* include zero"):
         io.load_nifti(path)
 
@@ -221,12 +227,7 @@ def test_nibabel_log_lines_do_not_reach_the_terminal(tmp_path) -> None:
     import subprocess
     import sys
 
-    img = nib.Nifti1Image(np.ones((6, 7, 8), np.float32), None)
-    img.header["pixdim"][1:4] = [1.0, 0.0, 1.0]
-    img.set_sform(None, code=0)
-    img.set_qform(None, code=0)
-    path = tmp_path / "a.nii.gz"
-    nib.save(img, str(path))
+    path = _zero_voxel_file(tmp_path)
     # a fresh process: nibabel's own log handler writes to the real stderr there
     proc = subprocess.run([sys.executable, "-m", "rtfsyn", "synthesize", "-i", str(path), "-t",
                            "T2w", "-s", "T1w"], capture_output=True, text=True, check=False,

@@ -175,19 +175,10 @@ makes it fall back to the general path (for benchmarks and tests; same result).
         skip: torch.Tensor | None = None,
         chunk_size: int | None = None,
     ) -> torch.Tensor:
-        if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
-            raise ModelError(
-                f"latent must be (B, {self.latent_channels}, d, h, w): got {tuple(latent.shape)}"
-            )
         b = latent.shape[0]
+        self._check(latent, b, embedding, skip)
         if coords.ndim != 3 or coords.shape[0] != b or coords.shape[2] != 3:
             raise ModelError(f"coords must be (B={b}, Q, 3): got {tuple(coords.shape)}")
-        if (embedding is None) != (self.embed_proj is None):
-            raise ModelError(f"decoder built with embed_dim={self.embed_dim}: "
-                             f"embedding {'missing' if embedding is None else 'unexpected'}")
-        if (skip is None) != (self.skip_proj is None):
-            raise ModelError(f"decoder built with skip_channels={self.skip_channels}: "
-                             f"skip features {'missing' if skip is None else 'unexpected'}")
         coords = coords.float()
         cell = cell.float()
         if cell.ndim == 1:
