@@ -63,6 +63,7 @@ from rtfsyn.checkpoint import (
 )
 from rtfsyn.data.cases import Case, load_cases
 from rtfsyn.data.splits import exclusion_key, split_participants
+from rtfsyn.device import available_cpus
 from rtfsyn.errors import RtfsynError
 from rtfsyn.training.config import TrainConfig
 from rtfsyn.training.dataset import (
@@ -500,11 +501,7 @@ def _num_workers(run: _Run) -> int:
     """
     if run.config.num_workers is not None:
         return run.config.num_workers
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    per_rank = max(1, cores // run.world)
+    per_rank = max(1, available_cpus() // run.world)
     if run.dev.type == "cpu":
         return 0 if per_rank <= 4 else min(2, per_rank // 4)
     return min(4, per_rank - 1)
