@@ -106,20 +106,34 @@ def source_tissue_order(source_meta: Metadata) -> tuple[str, ...]:
 
 
 def fit_mixture(values: np.ndarray, n_classes: int = 3, iters: int = 80,
-                max_samples: int = 200_000, seed: int = 0
+                max_samples: int = 200_000, seed: int = 0, bins: int = 2048
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """1-D Gaussian mixture by EM: ``(means, sds, weights)``, each ``(n_classes,)``, sorted by
-    mean. Deterministic (quantile initialisation, fixed-seed subsample)."""
+    mean. Deterministic (quantile initialisation).
+
+    EM runs on a ``bins``-bin histogram of all values (each bin centre weighted by its count):
+    for 1-D data this is the exact EM of the binned values, ~1000× cheaper than EM over the
+    voxels, with bin widths of 1/``bins`` of the range (far below any tissue class width).
+    ``bins=0`` runs EM over (at most ``max_samples``, fixed-``seed`` subsampled) voxels instead.
+    """
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size < n_classes * 10:
         raise InputImageError(
             f"only {x.size} brain voxels: too few to fit {n_classes} tissue classes"
         )
-    if x.size > max_samples:
-        x = np.random.default_rng(seed).choice(x, max_samples, replace=False)
     q = (np.arange(n_classes) + 0.5) / n_classes * 100.0
     means = np.percentile(x, q)
     spread = max(float(x.std()), 1e-6)
+    if bins:
+        counts, edges = np.histogram(x, bins=bins)
+        keep = counts > 0
+        w = counts[keep].astype(np.float64)
+        x = (0.5 * (edges[:-1] + edges[1:]))[keep]
+    else:
+        if x.size > max_samples:
+            x = np.random.default_rng(seed).choice(x, max_samples, replace=False)
+        w = np.ones(x.size)
+    total = w.sum()
     sds = np.full(n_classes, spread / n_classes)
     weights = np.full(n_classes, 1.0 / n_classes)
     floor = 1e-3 * spread
@@ -128,11 +142,12 @@ def fit_mixture(values: np.ndarray, n_classes: int = 3, iters: int = 80,
         logp -= logp.max(axis=1, keepdims=True)
         r = np.exp(logp)
         r /= r.sum(axis=1, keepdims=True)
+        r *= w[:, None]
         nk = r.sum(axis=0) + 1e-12
         new_means = (r * x[:, None]).sum(axis=0) / nk
         sds = np.sqrt((r * (x[:, None] - new_means) ** 2).sum(axis=0) / nk)
         sds = np.maximum(sds, floor)
-        weights = np.maximum(nk / x.size, 1e-6)
+        weights = np.maximum(nk / total, 1e-6)
         converged = np.allclose(new_means, means, atol=1e-6 * spread)
         means = new_means
         if converged:

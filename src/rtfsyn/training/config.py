@@ -38,6 +38,9 @@ class TrainConfig(BaseModel):
     ssim_weight: float = Field(1.0, ge=0)
     downscale_prob: float = Field(0.3, ge=0, le=1)
     max_downscale: float = Field(2.0, ge=1, le=8)
+    source_augment: float = Field(
+        0.0, ge=0, le=1, description="probability of a random intensity augmentation (gamma, "
+        "bias field, histogram warp) of a sample's source patch (rtfsyn.training.augment)")
     out_grids: bool = Field(
         False, description="random output grids (own / training / k-times finer) so that the "
         "target spacing and output-grid factor of inference lie in the training distribution")

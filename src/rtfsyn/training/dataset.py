@@ -27,6 +27,11 @@ from rtfsyn.data.splits import split_cases  # re-exported: it lived here before
 from rtfsyn.errors import DatasetError
 from rtfsyn.metadata import Metadata
 from rtfsyn.preprocess import bounding_box, brain_mask, robust_normalize
+from rtfsyn.training.augment import (
+    IntensityAugment,
+    apply_intensity_augment,
+    sample_intensity_augment,
+)
 
 __all__ = [
     "GridSpec",
@@ -169,6 +174,7 @@ class PatchSpec:
     source: str
     target: str
     corner: tuple[int, int, int]
+    augment: IntensityAugment | None = None  # source intensity augmentation, if drawn
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,8 @@ class PatchDataset(Dataset):
         physics_prior: add the physics prior of the target (:mod:`rtfsyn.prior`) as a second
             source channel (models with ``physics_prior: true``); computed once per
             (subject, source, target) on the whole subject volume and cached.
+        source_augment: probability that a sample's source patch gets a random intensity
+            augmentation (:mod:`rtfsyn.training.augment`; target and prior channel untouched).
         levels: optional finer copies ``{k: [subject at spacing / k or None, ...]}`` (same
             order as ``subjects``) for :class:`GridSpec` levels ``k > 1``.
     """
@@ -261,6 +269,7 @@ class PatchDataset(Dataset):
         pairs: Sequence[tuple[str, str]] | None = None,
         physics_prior: bool = False,
         levels: dict[int, Sequence[Subject | None]] | None = None,
+        source_augment: float = 0.0,
     ) -> None:
         if not subjects:
             raise DatasetError("no training subjects with at least two contrasts")
@@ -292,6 +301,7 @@ class PatchDataset(Dataset):
         self._mask_idx = {k: [None if s is None else np.flatnonzero(s.mask).astype(np.int32)
                               for s in subs] for k, subs in self.levels.items()}
         self.physics_prior = bool(physics_prior)
+        self.source_augment = float(source_augment)
         self._priors: dict[tuple[int, int, str, str], np.ndarray] = {}
 
     @property
@@ -320,7 +330,10 @@ class PatchDataset(Dataset):
         assert flat is not None and subj is not None
         centre = np.unravel_index(int(flat[int(rng.integers(len(flat)))]), subj.mask.shape)
         corner = tuple(int(c) - n // 2 for c, n in zip(centre, size, strict=True))
-        return PatchSpec(si, source, target, corner)  # type: ignore[arg-type]
+        augment = None
+        if self.source_augment > 0 and rng.random() < self.source_augment:
+            augment = sample_intensity_augment(rng)
+        return PatchSpec(si, source, target, corner, augment)  # type: ignore[arg-type]
 
     def extract(self, spec: PatchSpec, grid: GridSpec | None = None) -> dict[str, object]:
         """Cut the patches described by ``spec`` (zero-padded at the volume border).
@@ -334,6 +347,8 @@ class PatchDataset(Dataset):
             s = self.subjects[spec.subject]
             p = self.patch_size
             src = _crop(s.volumes[spec.source], spec.corner, p)
+            if spec.augment is not None:
+                src = apply_intensity_augment(torch.from_numpy(src), spec.augment).numpy()
             if self.physics_prior:  # (2, p, p, p): source, physics prior of the target
                 src = np.stack([src, _crop(self.prior(spec.subject, spec.source, spec.target),
                                            spec.corner, p)])
@@ -350,6 +365,8 @@ class PatchDataset(Dataset):
         assert s is not None
         region = grid.region
         src = _area(_crop(s.volumes[spec.source], spec.corner, region), grid.source_shape)[None]
+        if spec.augment is not None:
+            src = apply_intensity_augment(src[0], spec.augment)[None]
         if self.physics_prior:  # the prior on the fine grid, averaged like the source
             pri = self.prior(spec.subject, spec.source, spec.target, level=grid.level)
             src = torch.cat([src, _area(_crop(pri, spec.corner, region), grid.source_shape)[None]])

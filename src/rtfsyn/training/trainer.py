@@ -419,7 +419,8 @@ def _setup(
     val_subjects = load_subjects(val_cases[: config.val_cases][rank::world], config.spacing,
                                  progress=progress and is_main)
     dataset = PatchDataset(subjects, config.patch_size, config.samples_per_epoch, config.seed,
-                           pairs=config.pairs, levels=levels)
+                           pairs=config.pairs, levels=levels,
+                           source_augment=config.source_augment)
     if config.out_grids and max(dataset.grid_levels) < config.max_out_factor:
         say(f"out_grids: no training case has voxels fine enough for {config.spacing}/"
             f"{config.max_out_factor} mm targets; finest output grid "
