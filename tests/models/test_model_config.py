@@ -63,7 +63,7 @@ def test_invalid_configs_name_the_value(changes, match) -> None:
 
 
 def test_unknown_config_name() -> None:
-    with pytest.raises(ModelError, match="cpu-small, gpu-base"):
+    with pytest.raises(ModelError, match="cpu-small, cpu-small-prior, gpu-base"):
         load_config("no-such-config")
 
 
