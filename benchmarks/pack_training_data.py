@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--spacing", type=float, required=True)
     ap.add_argument("--data", type=Path, action="append", required=True)
+    ap.add_argument("--coarse-spacing", type=float, default=None,
+                    help="spacing for cases whose native voxels are coarser than --spacing")
     ap.add_argument("--exclude-site", action="append", default=[],
                     help="leave out the cases of this site (e.g. a held-out test site)")
     ap.add_argument("--max-cases", type=int, default=0,
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in load_cases(root) if c.site not in args.exclude_site]
         if args.max_cases:
             cases = cases[: args.max_cases]
-        written = pack_cases(cases, args.out, args.spacing, tag=root.resolve().name)
+        written = pack_cases(cases, args.out, args.spacing, tag=root.absolute().name,
+                             coarse_spacing=args.coarse_spacing)
         print(f"{root}: {len(written)} cases packed")
     size = subprocess.run(["du", "-sh", str(args.out)], capture_output=True, text=True).stdout
     print(f"{args.out}: {size.split()[0] if size else '?'}")

@@ -187,3 +187,16 @@ def test_model_channel_keeps_the_physical_ratios():
         csf, _, wm = _class_means(p, lab)
         ratios.append(csf / wm)
     assert ratios[1] > 1.5 * ratios[0]  # CSF/WM on T2w: exp(TE/T2_WM − TE/T2_CSF) grows
+
+
+def test_histogram_em_matches_voxel_em() -> None:
+    from rtfsyn.prior import fit_mixture
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.2, 0.05, 20000), rng.normal(0.55, 0.06, 50000),
+                        rng.normal(0.8, 0.04, 30000)])
+    m_h, s_h, w_h = fit_mixture(x)
+    m_v, s_v, w_v = fit_mixture(x, bins=0, max_samples=x.size)
+    assert np.allclose(m_h, m_v, atol=2e-3) and np.allclose(s_h, s_v, atol=2e-3)
+    assert np.allclose(w_h, w_v, atol=5e-3)
+    assert np.allclose(m_h, [0.2, 0.55, 0.8], atol=0.01)

@@ -224,3 +224,34 @@ def test_fine_grid_item_carries_the_prior_averaged_like_the_source(tiny_bids) ->
     assert prior.shape == ds.levels[2][spec.subject].mask.shape  # on the fine grid
     region = torch.from_numpy(_crop(prior, spec.corner, 12))
     torch.testing.assert_close(item["source"][1], F.avg_pool3d(region[None, None], 2)[0, 0])
+
+
+def test_source_augment_changes_the_source_only(tiny_bids) -> None:
+    subjects = load_subjects(load_cases(tiny_bids), spacing=2.0, progress=False)
+    plain = PatchDataset(subjects, 8, 16, seed=5)
+    aug = PatchDataset(subjects, 8, 16, seed=5, source_augment=1.0)
+    changed = 0
+    for i in range(8):
+        a, b = plain[i], aug[i]
+        assert aug.sample_spec(i).augment is not None
+        # same patch, target and metadata: augmentation is drawn after the other choices
+        assert torch.equal(a["target"], b["target"]) and torch.equal(a["mask"], b["mask"])
+        assert a["target_meta"] == b["target_meta"]
+        changed += int(not torch.allclose(a["source"], b["source"]))
+    assert changed >= 6
+
+
+def test_fill_targets_gives_bare_targets_the_typical_protocol(tiny_bids) -> None:
+    subjects = load_subjects(load_cases(tiny_bids), spacing=2.0, progress=False)
+    s = subjects[0]
+    bare = s.case.metadata["T2w"].model_copy(update={"repetition_time": None,
+                                                     "echo_time": None})
+    s.case.metadata["T2w"] = bare
+    plain = PatchDataset([s], 8, 4, seed=0)
+    filled = PatchDataset([s], 8, 4, seed=0, fill_targets=True)
+    assert plain.target_meta(s, "T1w", "T2w").echo_time is None
+    meta = filled.target_meta(s, "T1w", "T2w")
+    assert meta.echo_time == pytest.approx(0.1) and meta.repetition_time is not None
+    # fields a case has are never replaced
+    given = plain.target_meta(s, "T1w", "FLAIR").model_dump(exclude_none=True)
+    assert filled.target_meta(s, "T1w", "FLAIR").model_dump(include=set(given)) == given

@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from rtfsyn import io
-from rtfsyn.data.cases import Case
+from rtfsyn.data.cases import Case, header_voxel_size
 from rtfsyn.errors import DatasetError
 
 __all__ = ["bids_label", "pack_cases"]
@@ -56,7 +56,7 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray, scale: bool) -> Non
 
 
 def pack_cases(cases: Sequence[Case], out: Path, spacing: float, tag: str = "",
-               progress: bool = True) -> list[str]:
+               progress: bool = True, coarse_spacing: float | None = None) -> list[str]:
     """Write ``cases`` into the BIDS folder ``out`` at ``spacing`` mm (see module doc).
 
     Args:
@@ -65,6 +65,9 @@ def pack_cases(cases: Sequence[Case], out: Path, spacing: float, tag: str = "",
         spacing: isotropic voxel size in mm of the packed images.
         tag: prefix of every participant label (e.g. the source dataset's name), so that
             several datasets can be packed into one folder without clashes.
+        coarse_spacing: spacing for cases whose native voxels are coarser than ``spacing``
+            (thick-slice scans): packing them at ``spacing`` would let training take
+            interpolated slices for real fine-grid targets. Default: ``spacing``.
 
     Returns:
         the case directories written, ``sub-…[/ses-…]``.
@@ -96,7 +99,10 @@ def pack_cases(cases: Sequence[Case], out: Path, spacing: float, tag: str = "",
                 anat = out / sub / (ses or "") / "anat"
                 anat.mkdir(parents=True, exist_ok=True)
                 stem = f"{sub}_{ses}" if ses else sub
-                subj = load_subject(case, spacing)
+                native = max(header_voxel_size(case.images[case.contrasts[0]]) or (spacing,))
+                use = spacing if coarse_spacing is None or native <= spacing * 1.05 \
+                    else coarse_spacing
+                subj = load_subject(case, use)
                 affine = np.diag([*subj.spacing, 1.0])
                 for contrast, vol in subj.volumes.items():
                     q = np.clip(np.rint(vol * 255.0), 0, 255).astype(np.uint8)

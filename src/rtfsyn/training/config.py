@@ -38,6 +38,9 @@ class TrainConfig(BaseModel):
     ssim_weight: float = Field(1.0, ge=0)
     downscale_prob: float = Field(0.3, ge=0, le=1)
     max_downscale: float = Field(2.0, ge=1, le=8)
+    fill_target_metadata: bool = Field(
+        True, description="fill a target's missing TR/TE/TI/FA/field from the typical "
+        "protocol, as synthesis does (real cases without sidecars)")
     source_augment: float = Field(
         0.0, ge=0, le=1, description="probability of a random intensity augmentation (gamma, "
         "bias field, histogram warp) of a sample's source patch (rtfsyn.training.augment)")

@@ -166,6 +166,14 @@ def load_subject_pyramid(
     return out
 
 
+def fill_target(target: Metadata, source: Metadata) -> Metadata:
+    """``target`` with its missing protocol fields filled as synthesis fills a request
+    (:func:`rtfsyn.protocols.fill_missing`, field strength from the source when unknown)."""
+    from rtfsyn.protocols import fill_missing
+
+    return fill_missing(target, None, fallback_field=source.field_strength).metadata
+
+
 @dataclass(frozen=True)
 class PatchSpec:
     """Everything random about one training sample."""
@@ -256,6 +264,10 @@ class PatchDataset(Dataset):
             (subject, source, target) on the whole subject volume and cached.
         source_augment: probability that a sample's source patch gets a random intensity
             augmentation (:mod:`rtfsyn.training.augment`; target and prior channel untouched).
+        fill_targets: give the target metadata the protocol fields it lacks from the typical
+            protocol (:func:`rtfsyn.protocols.fill_missing`), as synthesis does for a user's
+            request, so that a real case without sidecars trains the same conditioning that
+            inference will use (its prior is computed with the filled protocol too).
         levels: optional finer copies ``{k: [subject at spacing / k or None, ...]}`` (same
             order as ``subjects``) for :class:`GridSpec` levels ``k > 1``.
     """
@@ -270,6 +282,7 @@ class PatchDataset(Dataset):
         physics_prior: bool = False,
         levels: dict[int, Sequence[Subject | None]] | None = None,
         source_augment: float = 0.0,
+        fill_targets: bool = False,
     ) -> None:
         if not subjects:
             raise DatasetError("no training subjects with at least two contrasts")
@@ -302,6 +315,7 @@ class PatchDataset(Dataset):
                               for s in subs] for k, subs in self.levels.items()}
         self.physics_prior = bool(physics_prior)
         self.source_augment = float(source_augment)
+        self.fill_targets = bool(fill_targets)
         self._priors: dict[tuple[int, int, str, str], np.ndarray] = {}
 
     @property
@@ -359,7 +373,7 @@ class PatchDataset(Dataset):
                 "target": torch.from_numpy(tgt)[None],
                 "mask": torch.from_numpy(mask)[None],
                 "source_meta": s.metadata(spec.source),
-                "target_meta": s.metadata(spec.target),
+                "target_meta": self.target_meta(s, spec.source, spec.target),
             }
         s = self.levels[grid.level][spec.subject]
         assert s is not None
@@ -381,8 +395,19 @@ class PatchDataset(Dataset):
             "target": tgt[None],
             "mask": mask[None],
             "source_meta": s.case.metadata[spec.source].with_updates(voxel_size=src_vox),
-            "target_meta": s.case.metadata[spec.target].with_updates(voxel_size=tgt_vox),
+            "target_meta": self.target_meta(s, spec.source, spec.target, tgt_vox),
         }
+
+    def target_meta(self, subj: Subject, source: str, target: str,
+                    voxel_size: tuple[float, ...] | None = None) -> Metadata:
+        """The target's metadata (voxel size ``voxel_size``, default the subject's spacing),
+        with missing protocol fields filled when ``fill_targets``."""
+        meta = subj.metadata(target)
+        if voxel_size is not None:
+            meta = meta.with_updates(voxel_size=voxel_size)
+        if self.fill_targets:
+            meta = fill_target(meta, subj.case.metadata[source])
+        return meta
 
     def prior(self, subject: int, source: str, target: str, level: int = 1) -> np.ndarray:
         """The cached physics prior of ``target`` from ``source`` for one subject, on the grid
@@ -394,7 +419,8 @@ class PatchDataset(Dataset):
             s = self.levels[level][subject]
             assert s is not None
             self._priors[key] = prior_for_volume(s.volumes[source], s.metadata(source),
-                                                 s.metadata(target), mask=s.mask)
+                                                 self.target_meta(s, source, target),
+                                                 mask=s.mask)
         return self._priors[key]
 
     def __getitem__(self, key: int | tuple[int, int, GridSpec | None]) -> dict[str, object]:

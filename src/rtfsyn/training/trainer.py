@@ -72,6 +72,7 @@ from rtfsyn.training.dataset import (
     StepBatchSampler,
     Subject,
     collate,
+    fill_target,
     load_subject_pyramid,
     load_subjects,
     sample_grid,
@@ -420,7 +421,8 @@ def _setup(
                                  progress=progress and is_main)
     dataset = PatchDataset(subjects, config.patch_size, config.samples_per_epoch, config.seed,
                            pairs=config.pairs, levels=levels,
-                           source_augment=config.source_augment)
+                           source_augment=config.source_augment,
+                           fill_targets=config.fill_target_metadata)
     if config.out_grids and max(dataset.grid_levels) < config.max_out_factor:
         say(f"out_grids: no training case has voxels fine enough for {config.spacing}/"
             f"{config.max_out_factor} mm targets; finest output grid "
@@ -747,8 +749,11 @@ def _validate(run: _Run) -> dict[str, float]:
                 for source, target in pairs:
                     if source not in subj.volumes or target not in subj.volumes:
                         continue
+                    target_meta = subj.metadata(target)
+                    if cfg.fill_target_metadata:
+                        target_meta = fill_target(target_meta, subj.metadata(source))
                     pred = predict_volume(lm, subj.volumes[source], subj.metadata(source),
-                                          subj.metadata(target))
+                                          target_meta)
                     pred = pred * subj.mask
                     real = subj.volumes[target]
                     sums[0] += psnr(pred, real, subj.mask)
