@@ -166,3 +166,12 @@ def test_bare_contrast_as_metadata(tmp_path, tiny_checkpoint) -> None:
     assert res.provenance["target_metadata"]["echo_time"] == pytest.approx(0.095)
     with pytest.raises(MetadataError, match="says contrast FLAIR but T2w was requested"):
         synthesize_image(src, "T2w", "FLAIR", model=lm)
+
+
+def test_models_trained_before_the_sequence_fix_get_no_sequence(tiny_checkpoint) -> None:
+    from rtfsyn.inference import load_model, sequence_conditioned
+
+    lm = load_model(tiny_checkpoint, "cpu")
+    assert not sequence_conditioned(lm)
+    lm.info.info["sequence_conditioning"] = True
+    assert sequence_conditioned(lm)

@@ -185,3 +185,10 @@ def test_dicom_age_units(text: str, years: float) -> None:
 def test_bad_age_string() -> None:
     with pytest.raises(MetadataError, match="is not an age"):
         Metadata.from_sidecar({"PatientAge": "30 years"}, contrast="T1w")
+
+
+def test_copies_keep_the_sequence_family() -> None:
+    # every copy (voxel size set by training and synthesis) used to drop the sequence family
+    meta = Metadata.from_dict({"contrast": "T1w", "sequence": "GRE", "tr": 10})
+    assert meta.with_updates(voxel_size=(1.0, 1.0, 1.0)).sequence.value == "GRE"
+    assert Metadata(**meta.model_dump()).sequence.value == "GRE"

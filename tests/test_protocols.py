@@ -213,3 +213,15 @@ def test_training_warns_but_keeps_implausible_sidecars(tmp_path) -> None:
     assert _warn_implausible(cases, lambda text, **_: said.append(text)) == 1
     assert "TE=0.09 ms is implausible for T2w" in said[0] and "used as given" in said[0]
     assert cases[0].metadata["T2w"].echo_time == pytest.approx(0.00009)  # not refused
+
+
+def test_a_given_tr_picks_the_fitting_family_or_none() -> None:
+    from rtfsyn.metadata import Metadata
+    from rtfsyn.protocols import fill_missing
+
+    se = fill_missing(Metadata.from_dict({"contrast": "T1w", "tr": 600}))
+    assert se.metadata.sequence.value == "SE" and se.metadata.inversion_time is None
+    gre = fill_missing(Metadata.from_dict({"contrast": "T1w", "tr": 10, "te": 4}))
+    # TR 10 ms fits no typical T1w protocol (MPRAGE 2300 ms, SE 600 ms): nothing but the field
+    assert gre.assumed == {"field_strength": 3.0}
+    assert gre.metadata.inversion_time is None and gre.metadata.sequence is None

@@ -310,6 +310,10 @@ def predict_volume(
     work_vox = tuple(float(v) * f for v, f in zip(source_meta.voxel_size or (1.0,) * 3, k,
                                                     strict=True))
     src_meta = source_meta.with_updates(voxel_size=work_vox)
+    model_target_meta = target_meta
+    if not sequence_conditioned(lm):  # trained while the sequence family was always dropped
+        src_meta = src_meta.model_copy(update={"sequence": None})
+        model_target_meta = target_meta.model_copy(update={"sequence": None})
     size = tuple(int(s) for s in x.shape[2:])
     roi = tuple(min(window, s) for s in size)
     slices = dense_patch_slices(size, roi, _get_scan_interval(size, roi, 3, (overlap,) * 3))
@@ -350,7 +354,8 @@ def predict_volume(
             n = batch.shape[0]
             out_shape = tuple(int(r * f) for r, f in zip(roi, k, strict=True))
             with torch.autocast(device_type=lm.device.type, dtype=amp_dtype, enabled=amp):
-                y = lm.model(batch, [src_meta] * n, [target_meta] * n, out_shape=out_shape)
+                y = lm.model(batch, [src_meta] * n, [model_target_meta] * n,
+                             out_shape=out_shape)
             y = (y.float() * w_out).cpu()
             for i, sl in enumerate(batch_sl):
                 dst = tuple(slice(s.start * f, min(s.stop * f, n_)) for s, f, n_ in
@@ -369,6 +374,21 @@ def predict_volume(
         res[r0:r0 + rows] /= c
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def sequence_conditioned(lm: LoadedModel) -> bool:
+    """Whether the model was trained with the sequence family in its metadata.
+
+    Before rtfsyn 0.1.0's fix of ``Metadata`` re-validation (Nov 2026), every copy of a
+    metadata record (``with_updates``) silently dropped the sequence family, so models trained
+    then never saw one: their sequence embeddings are untrained, and inference gives them
+    none either, exactly as they were trained. Checkpoints trained after the fix say
+    ``sequence_conditioning: true`` in their info; a model without a checkpoint (training
+    validation) is current.
+    """
+    if lm.info.path == Path("<training>"):
+        return True
+    return bool((lm.info.info or {}).get("sequence_conditioning", False))
 
 
 def _wants_prior(lm: LoadedModel) -> bool:

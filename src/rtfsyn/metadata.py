@@ -199,7 +199,9 @@ class Metadata(BaseModel):
     @field_validator("sequence", mode="before")
     @classmethod
     def _v_sequence(cls, v: Any) -> Any:
-        return None if v is None or isinstance(v, Sequence) else _normalize_sequence(str(v))
+        if v is None or isinstance(v, Sequence):  # an enum member (a copy) stays as it is
+            return v
+        return _normalize_sequence(str(v))
 
     @field_validator("manufacturer", mode="before")
     @classmethod

@@ -292,6 +292,11 @@ class Filled:
         }
 
 
+def _same_order(a: float | None, b: float | None, factor: float = 3.0) -> bool:
+    """``a`` and ``b`` within ``factor`` of each other (False if either is missing)."""
+    return a is not None and b is not None and a > 0 and b > 0 and max(a, b) / min(a, b) <= factor
+
+
 def fill_missing(meta: Metadata, protocol: str | TypicalProtocol | None = None, *,
                  fallback_field: float | None = None) -> Filled:
     """Fill the missing TR / TE / TI / FA / field strength / sequence of ``meta`` from a protocol.
@@ -318,6 +323,18 @@ def fill_missing(meta: Metadata, protocol: str | TypicalProtocol | None = None, 
     else:
         field = meta.field_strength if meta.field_strength is not None else fallback_field
         proto = typical_protocol(meta.contrast.value, field, meta.sequence)
+        if meta.sequence is None and meta.repetition_time is not None:
+            # no family given: take the typical protocol whose TR fits the given one (a T1w
+            # with TR 600 ms is a spin echo); none fits (TR 10 ms: a GRE) → no family
+            fits = [p for p in PROTOCOLS.values()
+                    if p.contrast == proto.contrast and p.field_strength == proto.field_strength
+                    and _same_order(p.values().get("repetition_time"), meta.repetition_time)]
+            proto = fits[0] if fits else proto
+            if not fits:
+                assumed = {"field_strength": proto.field_strength} \
+                    if meta.field_strength is None else {}
+                return (Filled(meta.with_updates(**assumed), assumed, proto) if assumed
+                        else Filled(meta, {}, None))
     assumed = {k: v for k, v in proto.values().items() if getattr(meta, k) is None}
     if protocol is None and meta.sequence is not None and meta.sequence.value != proto.sequence:
         # no typical protocol of the given family (e.g. a GRE T1w): assume only the field

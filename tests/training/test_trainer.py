@@ -200,7 +200,8 @@ def test_first_steps_match_the_trainer_before_the_rewrite(tiny_bids, tmp_path,
 
     monkeypatch.setattr(rtfsyn.io, "load_nifti", guarded)
     monkeypatch.setattr(trainer_mod, "make_loader", make_loader)
-    cfg = tiny_config(max_steps=20, val_every=100, ckpt_every=100, num_workers=0)
+    cfg = tiny_config(max_steps=20, val_every=100, ckpt_every=100, num_workers=0,
+                      fill_target_metadata=False)  # the tiny sidecars lack some fields
     assert not cfg.out_grids
     train([tiny_bids], cfg, tmp_path / "run", progress=False, device="cpu")
     assert not reading["allowed"]

@@ -295,7 +295,7 @@ class _Run:
     def info(self, **extra: Any) -> dict[str, Any]:
         """Checkpoint info: split, data, conditioning range seen in training, extras."""
         return {**extra, "data": self.run_config["data"], **self.split_info,
-                "conditioning_range": self.seen.to_dict()}
+                "conditioning_range": self.seen.to_dict(), "sequence_conditioning": True}
 
 
 def train(
