@@ -121,6 +121,29 @@ def predict_all(c: dict[str, Any], target: str, donor: dict[str, Any], model: An
     return out
 
 
+def lesion_contrast(normed: dict[str, np.ndarray], c: dict[str, Any]) -> dict[str, float]:
+    """FLAIR lesion (oedema) over white-matter intensity of every method and of the real image.
+
+    Lesions: the case's lesion mask if it has one (open-MS ``GOLD_STANDARD``), else the
+    voxels where the real FLAIR exceeds the white-matter mean by 3 SD (glioma oedema / tumour);
+    white matter: the brightest third of the source T1 in the brain, lesions excluded. A value
+    above 1 means lesions brighter than white matter, as on a real FLAIR.
+    """
+    mask = c["mask"]
+    t1 = normed["T1 itself"]
+    wm = mask & (t1 >= np.percentile(t1[mask], 67))
+    real = normed["real"]
+    if c["labels"] is not None and c["labels"].any():
+        lesion = c["labels"] & mask
+    else:
+        lesion = mask & (real > real[wm].mean() + 3 * real[wm].std())
+    wm &= ~lesion
+    if lesion.sum() < 20 or wm.sum() < 20:
+        return {}
+    return {name: round(float(v[lesion].mean() / max(v[wm].mean(), 1e-6)), 3)
+            for name, v in normed.items()}
+
+
 def score(preds: dict[str, np.ndarray], real: np.ndarray, mask: np.ndarray
           ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """Metrics of each method after the shared normalisation; the normalised volumes too."""
@@ -334,12 +357,20 @@ def run_table(args: argparse.Namespace, argv: list[str] | None, model: Any) -> N
                 continue
             preds = predict_all(c, target, donor, model, seconds[name])
             rows, normed = score(preds, c["data"][target], c["mask"])
+            if target == "FLAIR":
+                ratios = lesion_contrast(normed, c)
+                for method in rows:
+                    if method in ratios:
+                        rows[method]["lesion_wm"] = ratios[method]
+                        rows[method]["real_lesion_wm"] = ratios["real"]
             rows_by_target[target] = rows
             per_target[target] = normed
             for method, m in rows.items():
                 results.append({"case": name, "target": target, "method": method, **m})
                 print(f"  T1w→{target:<6} {method:<15} {m['psnr']:6.2f} dB  SSIM {m['ssim']:.3f}"
-                      f"  MAE {m['mae']:.4f}", flush=True)
+                      f"  MAE {m['mae']:.4f}"
+                      + (f"  lesion/WM {m['lesion_wm']:.2f}" if "lesion_wm" in m else ""),
+                      flush=True)
             # progress after every target, in the final format (mergeable), in case of a kill
             partial = args.out.with_name(args.out.stem + ".partial.json")
             partial.parent.mkdir(parents=True, exist_ok=True)
@@ -437,6 +468,19 @@ def markdown_table(results: list[dict[str, Any]], targets: list[str]) -> list[st
                 cell = f"{rs[m]['psnr']:.2f} / {rs[m]['ssim']:.3f} / {rs[m]['mae']:.3f}"
                 cells.append(f"**{cell}**" if m == best else cell)
             lines.append(f"| {case} | {target} | " + " | ".join(cells) + " |")
+    flair = [r for r in results if "lesion_wm" in r]
+    if flair:
+        lines += ["", "FLAIR lesion / white-matter intensity ratio (> 1: lesions brighter than "
+                  "WM, as on a real FLAIR; lesions = the case's lesion mask, else the real "
+                  "FLAIR's voxels > WM mean + 3 SD):", "",
+                  "| case | real FLAIR | " + " | ".join(methods) + " |",
+                  "|---|---|" + "---|" * len(methods)]
+        for case in cases:
+            rs = {r["method"]: r for r in flair if r["case"] == case}
+            if rs:
+                real = next(iter(rs.values()))["real_lesion_wm"]
+                lines.append(f"| {case} | {real:.2f} | " + " | ".join(
+                    f"{rs[m]['lesion_wm']:.2f}" if m in rs else "–" for m in methods) + " |")
     return lines
 
 
