@@ -251,3 +251,12 @@ def test_singular_affine_reports_the_affine(tmp_path) -> None:
     msg = str(info.value)
     assert "rows: 1 0 0 0; 0 0 0 0; 0 0 1 0" in msg
     assert "(1.0, 1.0, 1.0)" not in msg  # no longer "voxel sizes (1, 1, 1) include zero"
+
+
+def test_geometry_only_keeps_geometry_without_voxels() -> None:
+    img = nib.Nifti1Image(np.ones((6, 5, 4), np.float32), np.diag([2.0, 1.5, 1.0, 1.0]))
+    ref = io.geometry_only(img)
+    assert ref.shape == img.shape and np.allclose(ref.affine, img.affine)
+    assert np.asanyarray(ref.dataobj).strides == (0, 0, 0)  # no memory behind it
+    out = io.from_canonical(np.zeros(io.to_canonical(img).shape, np.float32), ref)
+    assert out.shape == img.shape and np.allclose(out.affine, img.affine)

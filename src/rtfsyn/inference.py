@@ -303,10 +303,13 @@ def predict_volume(
             prior if prior is not None else prior_for_volume(source, source_meta, target_meta),
             dtype=np.float32))
     x = torch.from_numpy(np.stack(channels) if len(channels) > 1 else channels[0][None])[None]
-    if any(pad):
-        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))  # zeros, as before
     if any(f > 1 for f in k):
-        x = F.avg_pool3d(x, kernel_size=k, stride=k)
+        # block average of the zero-padded volume without making the padded copy: partial
+        # blocks at the far faces are summed and divided by the full block size
+        x = F.avg_pool3d(x, kernel_size=k, stride=k, ceil_mode=True,
+                         divisor_override=math.prod(k))
+    elif any(pad):
+        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))  # (k = 1: pad is 0)
     work_vox = tuple(float(v) * f for v, f in zip(source_meta.voxel_size or (1.0,) * 3, k,
                                                     strict=True))
     src_meta = source_meta.with_updates(voxel_size=work_vox)
@@ -531,7 +534,10 @@ def synthesize_image(
     # those of the whole volume) and let the sliding window write into the output's crop
     norm, (lo, hi) = robust_normalize(data[box], bmask[box])
     out_shape = data.shape
+    grid_spacing = list(io.spacing_of(grid))
+    # memory: the input's voxels are not needed any more; keep its geometry only
     del data
+    base, grid, img = io.geometry_only(base), None, None
     prior = None
     if _wants_prior(lm):  # the physics prior from the whole brain mask (rtfsyn.prior)
         from rtfsyn.prior import prior_for_volume
@@ -565,7 +571,7 @@ def synthesize_image(
                   "arch": lm.info.config.get("model", {}).get("arch"),
                   "trained_with": lm.info.version},
         "device": str(lm.device),
-        "spacing": None if spacing is None else list(io.spacing_of(grid)),
+        "spacing": None if spacing is None else grid_spacing,
         "work_factors": list(k),
         "conditioning_outside_training": outside,
         "source_intensity_range": [lo, hi],

@@ -293,6 +293,14 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, atol: float = 1e-3) -> boo
 
 
 # --------------------------------------------------------------------------- saving
+def geometry_only(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """``img``'s shape, affine and header without its voxels (a zero-strided view of one
+    float): a reference for :func:`like` / :func:`from_canonical` that lets the caller free
+    the voxel data."""
+    data = np.broadcast_to(np.zeros((), np.float32), img.shape)
+    return _new_image(data, img.affine, img)
+
+
 def like(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
     """A new float32 image with ``data`` and the reference's affine, header and xform codes."""
     data = np.asarray(data)
