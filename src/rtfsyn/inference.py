@@ -286,6 +286,61 @@ def predict_volume(
             available memory, at most 4.
         precision: ``fp32``, or ``bf16`` (autocast on CPU; CUDA always uses bf16 autocast).
     """
+    if precision not in ("fp32", "bf16"):
+        raise RtfsynError(f"precision {precision!r} is unknown: use fp32 or bf16")
+    k = tuple(int(f) for f in factors)
+    x = work_grid_input(lm, source, source_meta, target_meta, k, prior)
+    return predict_work_grid(lm, x, tuple(int(s) for s in source.shape), source_meta,
+                             target_meta, factors=k, window=window, overlap=overlap,
+                             sw_batch_size=sw_batch_size, progress=progress, out=out,
+                             precision=precision, blend=blend)
+
+
+def work_grid_input(lm: LoadedModel, source: np.ndarray, source_meta: Metadata,
+                    target_meta: Metadata, factors: Sequence[int],
+                    prior: np.ndarray | None = None) -> torch.Tensor:
+    """The model's input on the work grid, ``(1, C, d, h, w)``: each channel (the source, and
+    the physics prior for a prior model) block-averaged by ``factors`` on its own, so no
+    full-resolution stack or zero-padded copy is made (partial blocks at the far faces are
+    averaged as if zero-padded). With all factors 1 the source is only zero-padded to them."""
+    k = tuple(int(f) for f in factors)
+    shape = tuple(int(s) for s in source.shape)
+    pad = [int(math.ceil(s / f) * f) - s for s, f in zip(shape, k, strict=True)]
+
+    def one(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+        if any(f > 1 for f in k):
+            return F.avg_pool3d(t, kernel_size=k, stride=k, ceil_mode=True,
+                                divisor_override=math.prod(k))
+        return F.pad(t, (0, pad[2], 0, pad[1], 0, pad[0])) if any(pad) else t
+
+    parts = [one(source)]
+    if _wants_prior(lm):
+        from rtfsyn.prior import prior_for_volume
+
+        parts.append(one(prior if prior is not None
+                         else prior_for_volume(source, source_meta, target_meta)))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def predict_work_grid(
+    lm: LoadedModel,
+    x: torch.Tensor,
+    shape: Sequence[int],
+    source_meta: Metadata,
+    target_meta: Metadata,
+    *,
+    factors: Sequence[int] = (1, 1, 1),
+    window: int | None = None,
+    overlap: float = 0.25,
+    sw_batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    out: np.ndarray | None = None,
+    precision: str = "fp32",
+    blend: str = "gaussian",
+) -> np.ndarray:
+    """:func:`predict_volume` from its work-grid input ``x`` (:func:`work_grid_input`): the
+    output on the full grid ``shape`` (the caller may free the full-resolution source first)."""
     from monai.data.utils import compute_importance_map, dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
@@ -293,23 +348,7 @@ def predict_volume(
         raise RtfsynError(f"precision {precision!r} is unknown: use fp32 or bf16")
     k = tuple(int(f) for f in factors)
     window = int(window or lm.window)
-    shape = tuple(int(s) for s in source.shape)
-    pad = [int(math.ceil(s / f) * f) - s for s, f in zip(shape, k, strict=True)]
-    channels = [np.ascontiguousarray(source, dtype=np.float32)]
-    if _wants_prior(lm):
-        from rtfsyn.prior import prior_for_volume
-
-        channels.append(np.ascontiguousarray(
-            prior if prior is not None else prior_for_volume(source, source_meta, target_meta),
-            dtype=np.float32))
-    x = torch.from_numpy(np.stack(channels) if len(channels) > 1 else channels[0][None])[None]
-    if any(f > 1 for f in k):
-        # block average of the zero-padded volume without making the padded copy: partial
-        # blocks at the far faces are summed and divided by the full block size
-        x = F.avg_pool3d(x, kernel_size=k, stride=k, ceil_mode=True,
-                         divisor_override=math.prod(k))
-    elif any(pad):
-        x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))  # (k = 1: pad is 0)
+    shape = tuple(int(s) for s in shape)
     work_vox = tuple(float(v) * f for v, f in zip(source_meta.voxel_size or (1.0,) * 3, k,
                                                     strict=True))
     src_meta = source_meta.with_updates(voxel_size=work_vox)
@@ -549,11 +588,14 @@ def synthesize_image(
     if outside:
         warnings_.append(f"model {lm.name or lm.info.path} was not trained on this geometry: "
                          + "; ".join(outside))
+    crop_shape = norm.shape
+    x = work_grid_input(lm, norm, src_meta, tgt_meta, k, prior)
+    del norm, prior  # memory: from here the model needs only the work grid
     out = np.zeros(out_shape, np.float32)
-    predict_volume(lm, norm, src_meta, tgt_meta, factors=k, overlap=overlap,
-                   progress=progress, prior=prior, out=out[box])
-    del norm
-    out[~bmask] = 0.0
+    predict_work_grid(lm, x, crop_shape, src_meta, tgt_meta, factors=k, overlap=overlap,
+                      progress=progress, out=out[box])
+    del x
+    np.multiply(out, bmask, out=out)  # zero outside the brain, without a ~mask temporary
     result = io.from_canonical(out, base)
     result.header["descrip"] = describe_output(tgt_meta.contrast.value)
     seconds = time.perf_counter() - t0
