@@ -425,11 +425,9 @@ def sequence_conditioned(lm: LoadedModel) -> bool:
     metadata record (``with_updates``) silently dropped the sequence family, so models trained
     then never saw one: their sequence embeddings are untrained, and inference gives them
     none either, exactly as they were trained. Checkpoints trained after the fix say
-    ``sequence_conditioning: true`` in their info; a model without a checkpoint (training
-    validation) is current.
+    ``sequence_conditioning: true`` in their info (so does the model that training
+    validates).
     """
-    if lm.info.path == Path("<training>"):
-        return True
     return bool((lm.info.info or {}).get("sequence_conditioning", False))
 
 

@@ -311,6 +311,7 @@ def fill_missing(meta: Metadata, protocol: str | TypicalProtocol | None = None, 
     Raises:
         MetadataError: ``protocol`` is unknown or for another contrast.
     """
+    only_field = False  # no typical protocol of the family: assume only the field strength
     if protocol is not None:
         proto = get_protocol(protocol)
         wanted = meta.contrast.value
@@ -330,14 +331,12 @@ def fill_missing(meta: Metadata, protocol: str | TypicalProtocol | None = None, 
                     if p.contrast == proto.contrast and p.field_strength == proto.field_strength
                     and _same_order(p.values().get("repetition_time"), meta.repetition_time)]
             proto = fits[0] if fits else proto
-            if not fits:
-                assumed = {"field_strength": proto.field_strength} \
-                    if meta.field_strength is None else {}
-                return (Filled(meta.with_updates(**assumed), assumed, proto) if assumed
-                        else Filled(meta, {}, None))
+            only_field = not fits
+        # a family given that the table lacks (e.g. a GRE T1w)
+        only_field = only_field or (meta.sequence is not None
+                                    and meta.sequence.value != proto.sequence)
     assumed = {k: v for k, v in proto.values().items() if getattr(meta, k) is None}
-    if protocol is None and meta.sequence is not None and meta.sequence.value != proto.sequence:
-        # no typical protocol of the given family (e.g. a GRE T1w): assume only the field
+    if only_field:
         assumed = {k: v for k, v in assumed.items() if k == "field_strength"}
     if not assumed:
         return Filled(meta, {}, None)

@@ -402,9 +402,7 @@ class PatchDataset(Dataset):
                     voxel_size: tuple[float, ...] | None = None) -> Metadata:
         """The target's metadata (voxel size ``voxel_size``, default the subject's spacing),
         with missing protocol fields filled when ``fill_targets``."""
-        meta = subj.metadata(target)
-        if voxel_size is not None:
-            meta = meta.with_updates(voxel_size=voxel_size)
+        meta = subj.case.metadata[target].with_updates(voxel_size=voxel_size or subj.spacing)
         if self.fill_targets:
             meta = fill_target(meta, subj.case.metadata[source])
         return meta

@@ -72,7 +72,6 @@ from rtfsyn.training.dataset import (
     StepBatchSampler,
     Subject,
     collate,
-    fill_target,
     load_subject_pyramid,
     load_subjects,
     sample_grid,
@@ -740,7 +739,9 @@ def _validate(run: _Run) -> dict[str, float]:
             backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(ema.shadow)
         model.eval()
-        lm = LoadedModel(model, CheckpointInfo(Path("<training>"), {}, run.step, __version__),
+        info = CheckpointInfo(Path("<training>"), {}, run.step, __version__,
+                              info={"sequence_conditioning": True})
+        lm = LoadedModel(model, info,
                          run.dev, window=cfg.patch_size)
         try:
             for si, subj in enumerate(run.val_subjects):
@@ -749,11 +750,8 @@ def _validate(run: _Run) -> dict[str, float]:
                 for source, target in pairs:
                     if source not in subj.volumes or target not in subj.volumes:
                         continue
-                    target_meta = subj.metadata(target)
-                    if cfg.fill_target_metadata:
-                        target_meta = fill_target(target_meta, subj.metadata(source))
                     pred = predict_volume(lm, subj.volumes[source], subj.metadata(source),
-                                          target_meta)
+                                          run.dataset.target_meta(subj, source, target))
                     pred = pred * subj.mask
                     real = subj.volumes[target]
                     sums[0] += psnr(pred, real, subj.mask)
