@@ -93,3 +93,53 @@ def test_bundled_model_same_output_on_both_paths() -> None:
         ref = lm.model(x, src, tgt, out_shape=(40, 36, 32))
     assert float((fast - ref).abs().max()) <= 1e-5
     assert float(ref.std()) > 1e-3  # a real output, not a constant
+
+
+@pytest.mark.parametrize(("layers", "skip_ch", "embed", "chunk"),
+                         [(3, 3, 4, 37), (1, 0, 0, 1000), (2, 2, 0, 64)])
+def test_chunked_training_path_equals_autograd(layers, skip_ch, embed, chunk) -> None:
+    # the CPU training path (chunks recomputed in the backward pass) against plain autograd
+    # through the slab path: same output and the same gradient for every input and weight,
+    # on an aligned and an arbitrary (padded-frame) grid; chunks that do not divide the grid
+    torch.manual_seed(3)
+    dec = ImplicitDecoder(6, embed_dim=embed, hidden=16, layers=layers, skip_channels=skip_ch)
+    for p in dec.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    latent = torch.randn(2, 6, 5, 4, 6, requires_grad=True)
+    emb = torch.randn(2, embed, requires_grad=True) if embed else None
+    skip = torch.randn(2, skip_ch, 10, 8, 12, requires_grad=True) if skip_ch else None
+    inputs = [t for t in (latent, emb, skip) if t is not None] + list(dec.parameters())
+    for shape, scale in (((10, 8, 12), None), ((7, 9, 5), torch.tensor([0.875, 1.0, 0.75]))):
+        results = []
+        for train_chunk in (chunk, 0):
+            dec.train_chunk = train_chunk
+            y = dec.forward_grid(latent, shape, emb, skip, scale=scale)
+            loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + y.square().sum()
+            results.append((y.detach(), torch.autograd.grad(loss, inputs)))
+        (y_c, g_c), (y_a, g_a) = results
+        torch.testing.assert_close(y_c, y_a, atol=1e-5, rtol=1e-5)
+        for a, b in zip(g_c, g_a, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()) + 1e-6, rtol=1e-4)
+
+
+def test_chunked_training_path_is_used_only_with_autograd_on_a_cpu() -> None:
+    from rtfsyn.models import implicit_decoder
+
+    dec = ImplicitDecoder(4, hidden=8, layers=2)
+    latent = torch.randn(1, 4, 3, 3, 3, requires_grad=True)
+    calls = []
+    original = implicit_decoder._EnsembleMLP.apply
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    implicit_decoder._EnsembleMLP.apply = spy  # type: ignore[method-assign]
+    try:
+        with torch.no_grad():
+            dec.forward_grid(latent, (6, 6, 6))
+        assert not calls  # inference: the slab path
+        dec.forward_grid(latent, (6, 6, 6)).sum().backward()
+        assert calls == [1] and latent.grad is not None
+    finally:
+        implicit_decoder._EnsembleMLP.apply = original  # type: ignore[method-assign]

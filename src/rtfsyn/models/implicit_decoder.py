@@ -135,6 +135,11 @@ makes it fall back to the general path (for benchmarks and tests; same result).
     embedding (B, E) | None, skip (B, S, D, H, W) | None) -> (B, Q, out_channels)``.
     """
 
+    #: queries per chunk of the CPU training path (:class:`_EnsembleMLP`; 0: plain autograd
+    #: through the slab path, which keeps ~7 hidden-wide tensors of the whole output per
+    #: neighbour). The result does not depend on it.
+    train_chunk: int = 1024
+
     def __init__(
         self,
         latent_channels: int,
@@ -276,6 +281,8 @@ makes it fall back to the general path (for benchmarks and tests; same result).
         const = const.to(dtype)
         skip_tab = None if skip is None else [_linear_table(axes[a], skip.shape[2 + a])
                                               for a in range(3)]
+        if torch.is_grad_enabled() and dev.type == "cpu" and self.train_chunk:
+            return self._grid_train(feat, tables, const, skip, skip_tab, shape)
         n0, n1, n2 = shape
         rows = max(1, min(n0, int(self.grid_chunk) // max(1, n1 * n2)))
         outs = []
@@ -290,6 +297,52 @@ makes it fall back to the general path (for benchmarks and tests; same result).
             outs.append(self._decode_slab(feat, tables, rel, shared.to(dtype), sl))
         y = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return y.permute(0, 4, 1, 2, 3).contiguous()
+
+    def _grid_train(
+        self,
+        feat: torch.Tensor,
+        tables: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        const: torch.Tensor,
+        skip: torch.Tensor | None,
+        skip_tab: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None,
+        shape: tuple[int, int, int],
+    ) -> torch.Tensor:
+        """The grid path with autograd on a CPU (training): :class:`_EnsembleMLP` decodes
+        cache-sized chunks of queries and recomputes them in the backward pass, instead of
+        autograd keeping ~7 hidden-wide tensors of the whole output per neighbour (the step
+        was bound by memory traffic, not by the matmuls). Same values and gradients to
+        float32 rounding."""
+        b, hidden = feat.shape[0], feat.shape[-1]
+        n_lat = feat.shape[1] * feat.shape[2] * feat.shape[3]
+        (i0, r0, w0), (i1, r1, w1), (i2, r2, w2) = tables
+        h_lat, w_lat = feat.shape[2], feat.shape[3]
+        # per query (D, H, W) and neighbour (8, in _OFFSETS order): flat latent index,
+        # relative coordinate (3) and weight, from the per-axis tables
+        n0, n1, n2 = shape
+        idx = ((i0[:, None, None, :, None, None] * h_lat + i1[None, :, None, None, :, None])
+               * w_lat + i2[None, None, :, None, None, :]).reshape(n0, n1, n2, 8)
+        wgt = (w0[:, None, None, :, None, None] * w1[None, :, None, None, :, None]
+               * w2[None, None, :, None, None, :]).reshape(n0, n1, n2, 8)
+        rel = torch.stack(torch.broadcast_tensors(
+            r0[:, None, None, :, None, None], r1[None, :, None, None, :, None],
+            r2[None, None, :, None, None, :]), dim=-1).reshape(n0, n1, n2, 8, 3)
+        q = n0 * n1 * n2
+        offs = torch.arange(b, device=feat.device).view(b, 1, 1) * n_lat
+        idx = (idx.reshape(1, q, 8) + offs).reshape(b * q, 8)
+        shared = const.to(feat.dtype)[:, None, :].expand(b, q, hidden)
+        if skip is not None and skip_tab is not None and self.skip_proj is not None:
+            s = _interp_axis(skip, 2, *skip_tab[0])
+            s = _interp_axis(s, 3, *skip_tab[1])
+            s = _interp_axis(s, 4, *skip_tab[2])
+            shared = self.skip_proj(s.permute(0, 2, 3, 4, 1)).reshape(b, q, hidden) + shared
+        params: list[torch.Tensor] = []
+        for layer in self.layers:
+            params += [layer.weight, layer.bias]
+        params += [self.out.weight, self.out.bias]
+        y = _EnsembleMLP.apply(int(self.train_chunk), idx, rel.reshape(q, 8, 3),
+                               wgt.reshape(q, 8), feat.reshape(b * n_lat, hidden),
+                               shared.reshape(b * q, hidden), self.rel_proj.weight, *params)
+        return y.reshape(b, n0, n1, n2, -1).permute(0, 4, 1, 2, 3).contiguous()
 
     def _decode_slab(
         self,
@@ -333,6 +386,76 @@ makes it fall back to the general path (for benchmarks and tests; same result).
         if (skip is None) != (self.skip_proj is None):
             raise ModelError(f"decoder built with skip_channels={self.skip_channels}: "
                              f"skip features {'missing' if skip is None else 'unexpected'}")
+
+
+class _EnsembleMLP(torch.autograd.Function):
+    """The local-ensemble MLP of :class:`ImplicitDecoder` over ``M`` queries × 8 neighbours,
+    in chunks of ``chunk`` queries, recomputed chunk by chunk in the backward pass.
+
+    ``forward(chunk, idx (M, 8) long, rel (Q, 8, 3), wgt (Q, 8), feat (N, C), shared (M, C),
+    w_rel (C, 3), W_1, b_1, …, W_out, b_out) → (M, out)`` with ``M = B·Q`` (query ``m`` uses
+    row ``m mod Q`` of ``rel`` and ``wgt``): for neighbour ``j`` of query ``m``
+    ``h = relu(feat[idx[m, j]] + rel[m, j] @ w_rel.T + shared[m])``, then the hidden layers
+    (linear + ReLU) and the output layer, blended with ``wgt``. Gradients flow to ``feat``,
+    ``shared``, ``w_rel`` and the layers (not to the index tables).
+    """
+
+    @staticmethod
+    def _chunks(m: int, q: int, chunk: int):
+        """``(rows of the M queries, rows of the Q-long tables)`` of every chunk; chunks do
+        not cross samples, so both are plain slices."""
+        for s0 in range(0, m, q):
+            for s in range(0, q, chunk):
+                e = min(q, s + chunk)
+                yield slice(s0 + s, s0 + e), slice(s, e)
+
+    @staticmethod
+    def _chunk_acts(idx, rel, feat, shared, w_rel, params):
+        n = idx.shape[0]
+        h = feat.index_select(0, idx.reshape(-1)).view(n, 8, -1)
+        h = h.add_(torch.matmul(rel, w_rel.t()).to(h.dtype)).add_(shared[:, None, :])
+        acts = [h.clamp_min_(0.0).view(n * 8, -1)]
+        for w, b in zip(params[:-2:2], params[1:-2:2], strict=True):
+            acts.append(torch.addmm(b, acts[-1], w.t()).clamp_min_(0.0))
+        return acts
+
+    @staticmethod
+    def forward(ctx, chunk, idx, rel, wgt, feat, shared, w_rel, *params):  # type: ignore[override]
+        m, q = idx.shape[0], rel.shape[0]
+        w_out, b_out = params[-2], params[-1]
+        out = feat.new_empty(m, w_out.shape[0])
+        for rows, r in _EnsembleMLP._chunks(m, q, chunk):
+            acts = _EnsembleMLP._chunk_acts(idx[rows], rel[r], feat, shared[rows], w_rel,
+                                            params)
+            y = torch.addmm(b_out, acts[-1], w_out.t()).view(-1, 8, w_out.shape[0])
+            out[rows] = (y * wgt[r, :, None].to(y.dtype)).sum(1)
+        ctx.chunk = chunk
+        ctx.save_for_backward(idx, rel, wgt, feat, shared, w_rel, *params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        idx, rel, wgt, feat, shared, w_rel, *params = ctx.saved_tensors
+        m, q = idx.shape[0], rel.shape[0]
+        g_feat = torch.zeros_like(feat)
+        g_shared = torch.empty_like(shared)
+        g_wrel = torch.zeros_like(w_rel)
+        g_params = [torch.zeros_like(p) for p in params]
+        weights = params[0::2]
+        for rows, r in _EnsembleMLP._chunks(m, q, ctx.chunk):
+            acts = _EnsembleMLP._chunk_acts(idx[rows], rel[r], feat, shared[rows], w_rel,
+                                            params)
+            g = (grad_out[rows, None, :] * wgt[r, :, None].to(grad_out.dtype)).view(
+                -1, grad_out.shape[1])  # (n·8, out)
+            for k in range(len(weights) - 1, -1, -1):
+                a = acts[k]
+                g_params[2 * k].addmm_(g.t(), a)
+                g_params[2 * k + 1].add_(g.sum(0))
+                g = torch.ops.aten.threshold_backward(torch.mm(g, weights[k]), a, 0.0)
+            g_feat.index_add_(0, idx[rows].reshape(-1), g)
+            g_shared[rows] = g.view(-1, 8, g.shape[1]).sum(1)
+            g_wrel.addmm_(g.t(), rel[r].reshape(-1, 3).to(g.dtype))
+        return (None, None, None, None, g_feat, g_shared, g_wrel, *g_params)
 
 
 def _fused_ok(x: torch.Tensor) -> bool:
