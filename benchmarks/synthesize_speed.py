@@ -7,8 +7,10 @@ Every row synthesizes the same synthetic head (``--shape``, 1 mm, written once a
 RSS (``VmHWM``) is that row's own. Per row: seconds, peak RSS, FLOPs per output voxel
 (``torch.utils.flop_counter`` on one window × the windows run ÷ output voxels), achieved
 GFLOP/s (those FLOPs ÷ seconds), and the max abs difference of its output from the first
-rtfsyn row. Also, in the same run, the GFLOP/s of a plain large ``conv3d`` (the practical
-ceiling of this machine for dense float32 work).
+rtfsyn row. ``rtfsyn-bf16`` is the fast path with ``precision="bf16"`` (bfloat16 autocast on
+the CPU; not run with ``--device cuda``, where every row is bf16). Also, in the same run,
+the GFLOP/s of a plain large ``conv3d`` (the practical ceiling of this machine for dense
+float32 work).
 
 The rtfsyn rows use MONAI's blending (``blend="monai"``) so that their output can be
 compared with the baseline commit's (which used MONAI); the default ``gaussian`` blending
@@ -30,7 +32,7 @@ git) runs on cuda only when ``--rows`` names it.
 Usage::
 
     python benchmarks/synthesize_speed.py [--shape 240 240 155] [--baseline 845de79]
-        [--rows rtfsyn,unet3d,rtfsyn-general,crossattn,baseline] [--threads N]
+        [--rows rtfsyn,unet3d,rtfsyn-general,rtfsyn-bf16,crossattn,baseline] [--threads N]
         [--device cpu|cuda] [--out benchmarks/results/synthesize_speed.json]
 """
 
@@ -54,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, command_line, machine
 
 ARCHS = ("rtfsyn", "crossattn", "unet3d")
-ROWS = ("rtfsyn", "unet3d", "rtfsyn-general", "crossattn", "baseline")
+ROWS = ("rtfsyn", "unet3d", "rtfsyn-general", "rtfsyn-bf16", "crossattn", "baseline")
 
 
 def twins(reference: Path, folder: Path) -> dict[str, Path]:
@@ -138,8 +140,9 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
         windows[0] = 0
         roi.clear()
         torch.cuda.reset_peak_memory_stats()
+    extra = {} if args.precision == "fp32" else {"precision": args.precision}
     t0 = time.perf_counter()
-    res = inf.synthesize_image(args.input, "T2w", model=lm, source_contrast="T1w")
+    res = inf.synthesize_image(args.input, "T2w", model=lm, source_contrast="T1w", **extra)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -171,10 +174,11 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_probe(model: Path, image: Path, save: Path, threads: int, general: bool = False,
-              tree: Path | None = None, device: str = "cpu") -> dict[str, Any]:
+              tree: Path | None = None, device: str = "cpu", precision: str = "fp32"
+              ) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", "--model", str(model),
            "--input", str(image), "--save", str(save), "--threads", str(threads),
-           "--device", device]
+           "--device", device, "--precision", precision]
     if general:
         cmd.append("--general")
     env = dict(os.environ)
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--general", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.probe:
         print(json.dumps(probe(args)))
@@ -223,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         except RtfsynError as exc:
             print(f"synthesize_speed.py: error: {exc}", file=sys.stderr)
             return 2
-    rows_arg = args.rows or ",".join(r for r in ROWS if not (cuda and r == "baseline"))
+    rows_arg = args.rows or ",".join(
+        r for r in ROWS if not (cuda and r in ("baseline", "rtfsyn-bf16")))
     rows_wanted = [r for r in rows_arg.split(",") if r]
     result: dict[str, Any] = {"command": command_line("synthesize_speed.py", argv),
                               "machine": machine(), "shape": args.shape, "rows": []}
@@ -267,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         ref_out: np.ndarray | None = None
         for name in rows_wanted:
             base_row = name.startswith("baseline")
-            arch = ("rtfsyn" if name in ("rtfsyn-general", "baseline")
+            arch = ("rtfsyn" if name in ("rtfsyn-general", "rtfsyn-bf16", "baseline")
                     else name.split("-", 1)[1] if base_row else name)
             out_npy = root / f"{name}.npy"
             r = run_probe(models[arch], image, out_npy, args.threads,
                           general=name == "rtfsyn-general",
-                          tree=base_tree if base_row else None, device=args.device)
+                          tree=base_tree if base_row else None, device=args.device,
+                          precision="bf16" if name == "rtfsyn-bf16" else "fp32")
             r["model"] = name
             r["of_conv3d_ceiling"] = r["gflops_achieved"] / ceiling
             if arch == "rtfsyn":
@@ -293,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("baseline", "rtfsyn-general", "unet3d", "crossattn"):
             if name in rows:
                 result[f"rtfsyn_vs_{name}"] = rows["rtfsyn"]["seconds"] / rows[name]["seconds"]
+    if "rtfsyn-bf16" in rows and "baseline" in rows:
+        result["rtfsyn-bf16_vs_baseline"] = (rows["rtfsyn-bf16"]["seconds"]
+                                             / rows["baseline"]["seconds"])
     save()
     if cuda:
         print(f"\ndevice: {result['device_name']}, torch {result['torch']}")

@@ -332,3 +332,24 @@ def test_intensity_like_and_descrip(capsys, tmp_path, tiny_checkpoint, fast) -> 
 def test_boolean_flags_are_plain_in_help(capsys) -> None:
     code, stdout, _ = run_cli(capsys, "synthesize", "--help")
     assert code == 0 and "--overwrite" in stdout and "<bool>" not in stdout
+
+
+def test_precision_bf16_is_close_to_fp32_and_recorded(capsys, tmp_path, tiny_checkpoint
+                                                      ) -> None:
+    src = _head(tmp_path / "sub-01_T1w.nii.gz")
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.nii.gz"
+        code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o",
+                               str(out), "--model", str(tiny_checkpoint), "-d", "cpu",
+                               "--precision", precision)
+        assert code == 0, err
+        prov = json.loads((tmp_path / f"{precision}.rtfsyn.json").read_text())
+        assert prov["precision"] == precision
+        outs[precision] = np.asarray(nib.load(str(out)).dataobj, dtype=np.float32)
+    diff = np.abs(outs["bf16"] - outs["fp32"])
+    assert 0 < diff.max() < 0.1  # bf16 really ran, and stays close
+    code, _, err = run_cli(capsys, "synthesize", "-i", str(src), "-t", "T2w", "-o",
+                           str(tmp_path / "x.nii.gz"), "--model", str(tiny_checkpoint),
+                           "-d", "cpu", "--precision", "fp16")
+    assert code == 2 and "--precision 'fp16' is unknown" in err and len(err.splitlines()) == 1

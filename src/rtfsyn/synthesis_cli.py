@@ -56,6 +56,7 @@ def run_synthesize(
     intensity_like: Path | None = None,
     protocol: str | None = None,
     force_metadata: bool = False,
+    precision: str = "fp32",
 ) -> int:
     """Run the command; returns the exit code.
 
@@ -77,6 +78,8 @@ def run_synthesize(
         raise RtfsynError(f"input {input} does not exist")
     if meta_file is not None and meta is not None:
         raise RtfsynError("give target metadata with either --meta-file or --meta, not both")
+    if precision not in ("fp32", "bf16"):
+        raise RtfsynError(f"--precision {precision!r} is unknown: use fp32 or bf16")
     if not 0.0 <= overlap <= 0.9:
         raise RtfsynError(f"--overlap {overlap} is out of range: use a value in [0, 0.9]")
     if spacing is not None and not 0.1 <= spacing <= 10:
@@ -173,7 +176,7 @@ def run_synthesize(
                     src, tname if target else None, target_meta, source_metadata=src_meta_arg,
                     source_contrast=source_contrast, model=lm, mask=mask, spacing=spacing,
                     overlap=overlap, progress=report, protocol=protocol,
-                    force_metadata=force_metadata,
+                    force_metadata=force_metadata, precision=precision,
                 )
                 prov = result.provenance
                 err_console.print(
