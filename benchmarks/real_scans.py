@@ -24,9 +24,10 @@ T1, mean output intensity inside each), beside the ratio the signal equations gi
 project's 3 T tissue values (:mod:`rtfsyn.phantom.physics`): T2w's rises with TE, FLAIR's
 falls from TI 2000 ms towards the CSF null (~2.6 s at TR 10 s).
 
-Test cases = real cases the bundled model never trained on (it trained on BraTS-GLI-00001-000,
-BraTS-MET-00110-000, BraTS-case-preprocessed and MNI152): BraTS-GLI-00000-000 and the two
-open-ms cross-sectional MS patients. Usage::
+Test cases = real cases the bundled model never trained on or validated on (it trained on
+BraTS-GLI-00001-000, BraTS-MET-00110-000 and MNI152; BraTS-case-preprocessed was its
+validation case, and is the validation case of the later candidates):
+BraTS-GLI-00000-000 and the two open-ms cross-sectional MS patients. Usage::
 
     python benchmarks/real_scans.py [--cases ...] [--targets T2w FLAIR T1Gd]
         [--no-sweep | --sweep-only] [--sweep-spacing 2] [--model PATH]

@@ -79,11 +79,11 @@ def test_model_forward_uses_the_fast_path_and_matches_the_general_path() -> None
 
 
 def test_bundled_model_same_output_on_both_paths() -> None:
-    from rtfsyn.inference import load_model
+    from rtfsyn.inference import _wants_prior, load_model
 
     lm = load_model(None, "cpu")
     torch.manual_seed(3)
-    x = torch.rand(1, 1, 20, 18, 16)
+    x = torch.rand(1, 2 if _wants_prior(lm) else 1, 20, 18, 16)  # + the prior channel
     src = Metadata(contrast="T1w", voxel_size=(2.0, 2.0, 2.0))
     tgt = Metadata(contrast="T2w", voxel_size=(1.0, 1.0, 1.0))
     with torch.inference_mode():
