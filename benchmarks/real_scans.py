@@ -92,7 +92,8 @@ def prior_fn() -> Any:
 
 
 def predict_all(c: dict[str, Any], target: str, donor: dict[str, Any], model: Any,
-                timings: dict[str, float]) -> dict[str, np.ndarray]:
+                timings: dict[str, float], protocol: str | None = None
+                ) -> dict[str, np.ndarray]:
     """Raw predictions of every method for one target (native grid, not yet normalised)."""
     import rtfsyn
     from rtfsyn import io
@@ -106,7 +107,7 @@ def predict_all(c: dict[str, Any], target: str, donor: dict[str, Any], model: An
     t0 = time.perf_counter()
     mask_img = io.like(mask.astype(np.uint8), c["t1_img"])
     img = rtfsyn.synthesize(c["t1_img"], target=target, model=model, source_contrast="T1w",
-                            mask=mask_img, device="cpu")
+                            mask=mask_img, device="cpu", protocol=protocol)
     out["rtfsyn-default"] = np.asarray(img.dataobj, dtype=np.float32)
     timings[target] = round(time.perf_counter() - t0, 1)
     out["T1 itself"] = t1
@@ -295,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", nargs="+", default=list(TARGETS))
     ap.add_argument("--donor", default=DONOR, help="a training case for the tissue remap")
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    ap.add_argument("--protocol", default=None,
+                    help="synthesize(protocol=...) for the model's rows: the typical protocol "
+                         "that fills the target's fields (default: the contrast's typical "
+                         "one; 'none': leave them to the model's null tokens)")
     ap.add_argument("--sweep-case", default="openms-cs-patient07")
     ap.add_argument("--sweep-spacing", type=float, default=2.0,
                     help="output grid (mm) of the sweep's syntheses; 0 = the input grid")
@@ -356,7 +361,7 @@ def run_table(args: argparse.Namespace, argv: list[str] | None, model: Any) -> N
             if target not in c["data"]:
                 print(f"  {name} has no {target}: skipped", flush=True)
                 continue
-            preds = predict_all(c, target, donor, model, seconds[name])
+            preds = predict_all(c, target, donor, model, seconds[name], args.protocol)
             rows, normed = score(preds, c["data"][target], c["mask"])
             if target == "FLAIR":
                 ratios = lesion_contrast(normed, c)
