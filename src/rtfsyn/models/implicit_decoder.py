@@ -138,7 +138,7 @@ makes it fall back to the general path (for benchmarks and tests; same result).
     #: queries per chunk of the CPU training path (:class:`_EnsembleMLP`; 0: plain autograd
     #: through the slab path, which keeps ~7 hidden-wide tensors of the whole output per
     #: neighbour). The result does not depend on it.
-    train_chunk: int = 1024
+    train_chunk: int = 512
 
     def __init__(
         self,
@@ -416,7 +416,7 @@ class _EnsembleMLP(torch.autograd.Function):
         h = h.add_(torch.matmul(rel, w_rel.t()).to(h.dtype)).add_(shared[:, None, :])
         acts = [h.clamp_min_(0.0).view(n * 8, -1)]
         for w, b in zip(params[:-2:2], params[1:-2:2], strict=True):
-            acts.append(torch.addmm(b, acts[-1], w.t()).clamp_min_(0.0))
+            acts.append(_fused_linear_relu(acts[-1], w, b))
         return acts
 
     @staticmethod
@@ -471,6 +471,13 @@ def _linear_relu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w, b = layer.weight, layer.bias
     if x.dtype != w.dtype and torch.is_autocast_enabled("cpu"):
         w, b = w.to(x.dtype), None if b is None else b.to(x.dtype)
+    return _fused_linear_relu(x, w, b)
+
+
+def _fused_linear_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None
+                       ) -> torch.Tensor:
+    """``relu(x @ w.T + b)``, fused by oneDNN where :func:`_fused_ok` (see
+    :func:`_linear_relu`)."""
     if _fused_ok(x) and x.dtype == w.dtype:
         try:
             y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), w, b, "relu",
@@ -478,7 +485,7 @@ def _linear_relu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             return y.view(*x.shape[:-1], -1)
         except RuntimeError:  # pragma: no cover - op unavailable in this build
             pass
-    return F.relu(layer(x), inplace=True)
+    return F.relu(F.linear(x, w, b), inplace=True)
 
 
 def _neighbour_table(
