@@ -29,6 +29,10 @@ Two exact evaluation paths
   matmuls over slabs of the output, one neighbour offset at a time. Same FLOPs, no
   per-query coordinate arithmetic, ``grid_sample`` or 8-way gather. Both paths agree to
   float32 rounding (tests: ≤ 1e-5).
+
+With autograd on a CPU (training) the grid path hands the MLP to :class:`_EnsembleMLP`, which
+decodes chunks of ``train_chunk`` queries and recomputes them in the backward pass (same
+values and gradients, a fraction of the memory).
 """
 
 from __future__ import annotations
@@ -308,10 +312,10 @@ makes it fall back to the general path (for benchmarks and tests; same result).
         shape: tuple[int, int, int],
     ) -> torch.Tensor:
         """The grid path with autograd on a CPU (training): :class:`_EnsembleMLP` decodes
-        cache-sized chunks of queries and recomputes them in the backward pass, instead of
-        autograd keeping ~7 hidden-wide tensors of the whole output per neighbour (the step
-        was bound by memory traffic, not by the matmuls). Same values and gradients to
-        float32 rounding."""
+        chunks of queries and recomputes them in the backward pass, instead of autograd
+        keeping ~7 hidden-wide tensors of the whole output per neighbour: 3–6× less memory
+        and 1.1–1.2× faster (``benchmarks/decoder_train_step.py``). Same values and
+        gradients to float32 rounding."""
         b, hidden = feat.shape[0], feat.shape[-1]
         n_lat = feat.shape[1] * feat.shape[2] * feat.shape[3]
         (i0, r0, w0), (i1, r1, w1), (i2, r2, w2) = tables
