@@ -81,7 +81,7 @@ def csf_wm_ratio(model_path: Path, labels: np.ndarray, te: float) -> float:
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "not met without the physics prior: after 60 steps the tiny model's CSF/WM ratio is flat "
-    "in TE (25.81 at 50 ms, 26.07 at 150 ms; truth 1.8 -> 6.5); with the prior channel it is "
+    "in TE (26.19 at 50 ms, 26.46 at 150 ms; truth 1.8 -> 6.5); with the prior channel it is "
     "met (next test); "
     "the bundled model's T2w CSF/WM even falls with TE (1.178 -> 1.146, 20 -> 200 ms). "
     "strict: this test fails as soon as a model meets it, so the marker must then go"))
