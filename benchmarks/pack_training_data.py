@@ -30,11 +30,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="spacing for cases whose native voxels are coarser than --spacing")
     ap.add_argument("--exclude-site", action="append", default=[],
                     help="leave out the cases of this site (e.g. a held-out test site)")
+    ap.add_argument("--stripped-only", action="store_true",
+                    help="leave out cases that say they are not skull-stripped (the raw "
+                         "open-MS heads, whose loss mask is a head mask)")
     ap.add_argument("--max-cases", type=int, default=0,
                     help="at most this many cases per dataset (0: all), in reading order")
     args = ap.parse_args(argv)
     for root in args.data:
         cases = [c for c in load_cases(root) if c.site not in args.exclude_site]
+        if args.stripped_only:
+            cases = [c for c in cases if (c.info or {}).get("skull_stripped", True)]
         if args.max_cases:
             cases = cases[: args.max_cases]
         written = pack_cases(cases, args.out, args.spacing, tag=root.absolute().name,
