@@ -51,6 +51,7 @@ from rtfsyn.protocols import Filled, TypicalProtocol, field_status
 __all__ = [
     "LoadedModel",
     "block_factors",
+    "check_precision",
     "complete_target_metadata",
     "conditioning_outside",
     "default_model_path",
@@ -242,6 +243,13 @@ def blend_weights(roi: Sequence[int], sigma_scale: float = 0.125) -> torch.Tenso
     return w
 
 
+def check_precision(precision: str, name: str = "precision") -> None:
+    """Refuse (one line) a ``precision`` other than ``fp32`` / ``bf16``; ``name`` is how the
+    caller calls the option (e.g. ``--precision``)."""
+    if precision not in ("fp32", "bf16"):
+        raise RtfsynError(f"{name} {precision!r} is unknown: use fp32 or bf16")
+
+
 def predict_volume(
     lm: LoadedModel,
     source: np.ndarray,
@@ -286,8 +294,7 @@ def predict_volume(
             available memory, at most 4.
         precision: ``fp32``, or ``bf16`` (autocast on CPU; CUDA always uses bf16 autocast).
     """
-    if precision not in ("fp32", "bf16"):
-        raise RtfsynError(f"precision {precision!r} is unknown: use fp32 or bf16")
+    check_precision(precision)
     k = tuple(int(f) for f in factors)
     x = work_grid_input(lm, source, source_meta, target_meta, k, prior)
     return predict_work_grid(lm, x, tuple(int(s) for s in source.shape), source_meta,
@@ -344,8 +351,7 @@ def predict_work_grid(
     from monai.data.utils import compute_importance_map, dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
-    if precision not in ("fp32", "bf16"):
-        raise RtfsynError(f"precision {precision!r} is unknown: use fp32 or bf16")
+    check_precision(precision)
     k = tuple(int(f) for f in factors)
     window = int(window or lm.window)
     shape = tuple(int(s) for s in shape)
@@ -515,8 +521,7 @@ def synthesize_image(
     """Synthesize one target-contrast volume; see :func:`synthesize` (returns provenance too)."""
     from rtfsyn.device import resolve_device
 
-    if precision not in ("fp32", "bf16"):
-        raise RtfsynError(f"precision {precision!r} is unknown: use fp32 or bf16")
+    check_precision(precision)
     t0 = time.perf_counter()
     warnings_: list[str] = []
     src_path: Path | None = None

@@ -67,6 +67,7 @@ def run_synthesize(
     from rtfsyn.device import resolve_device
     from rtfsyn.inference import (
         as_metadata,
+        check_precision,
         complete_target_metadata,
         load_model,
         synthesize_image,
@@ -78,8 +79,7 @@ def run_synthesize(
         raise RtfsynError(f"input {input} does not exist")
     if meta_file is not None and meta is not None:
         raise RtfsynError("give target metadata with either --meta-file or --meta, not both")
-    if precision not in ("fp32", "bf16"):
-        raise RtfsynError(f"--precision {precision!r} is unknown: use fp32 or bf16")
+    check_precision(precision, "--precision")
     if not 0.0 <= overlap <= 0.9:
         raise RtfsynError(f"--overlap {overlap} is out of range: use a value in [0, 0.9]")
     if spacing is not None and not 0.1 <= spacing <= 10:

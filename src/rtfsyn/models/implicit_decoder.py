@@ -277,8 +277,6 @@ makes it fall back to the general path (for benchmarks and tests; same result).
         # first-layer terms: latent (per latent voxel), relative coordinate (per axis), shared
         feat = self.latent_proj(latent.permute(0, 2, 3, 4, 1))  # (B, d, h, w, hidden)
         dtype = feat.dtype
-        w_rel = self.rel_proj.weight  # (hidden, 3)
-        rel = [(tables[a][1].unsqueeze(-1) * w_rel[:, a]).to(dtype) for a in range(3)]
         const = self.cell_proj(cell * size / 2.0)  # (hidden,)
         const = const.expand(b, -1) if self.embed_proj is None or embedding is None else (
             const + self.embed_proj(embedding))
@@ -287,6 +285,8 @@ makes it fall back to the general path (for benchmarks and tests; same result).
                                               for a in range(3)]
         if torch.is_grad_enabled() and dev.type == "cpu" and self.train_chunk:
             return self._grid_train(feat, tables, const, skip, skip_tab, shape)
+        w_rel = self.rel_proj.weight  # (hidden, 3)
+        rel = [(tables[a][1].unsqueeze(-1) * w_rel[:, a]).to(dtype) for a in range(3)]
         n0, n1, n2 = shape
         rows = max(1, min(n0, int(self.grid_chunk) // max(1, n1 * n2)))
         outs = []
@@ -294,9 +294,7 @@ makes it fall back to the general path (for benchmarks and tests; same result).
             sl = slice(r0, min(n0, r0 + rows))
             shared = const[:, None, None, None, :]
             if skip is not None and skip_tab is not None and self.skip_proj is not None:
-                s = _interp_axis(skip, 2, *(t[sl] for t in skip_tab[0]))
-                s = _interp_axis(s, 3, *skip_tab[1])
-                s = _interp_axis(s, 4, *skip_tab[2])
+                s = _interp_skip(skip, skip_tab, sl)
                 shared = self.skip_proj(s.permute(0, 2, 3, 4, 1)) + shared
             outs.append(self._decode_slab(feat, tables, rel, shared.to(dtype), sl))
         y = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
@@ -335,9 +333,7 @@ makes it fall back to the general path (for benchmarks and tests; same result).
         idx = (idx.reshape(1, q, 8) + offs).reshape(b * q, 8)
         shared = const.to(feat.dtype)[:, None, :].expand(b, q, hidden)
         if skip is not None and skip_tab is not None and self.skip_proj is not None:
-            s = _interp_axis(skip, 2, *skip_tab[0])
-            s = _interp_axis(s, 3, *skip_tab[1])
-            s = _interp_axis(s, 4, *skip_tab[2])
+            s = _interp_skip(skip, skip_tab)
             shared = self.skip_proj(s.permute(0, 2, 3, 4, 1)).reshape(b, q, hidden) + shared
         params: list[torch.Tensor] = []
         for layer in self.layers:
@@ -521,6 +517,17 @@ def _linear_table(
     w = x - lo
     lo_i = lo.long()
     return lo_i, torch.clamp(lo_i + 1, max=n - 1), w
+
+
+def _interp_skip(
+    skip: torch.Tensor, tables: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    rows: slice = slice(None),
+) -> torch.Tensor:
+    """Skip features ``(B, S, D', H', W')`` interpolated separably to the grid of three
+    :func:`_linear_table` tables, rows ``rows`` of its first axis only."""
+    s = _interp_axis(skip, 2, *(t[rows] for t in tables[0]))
+    s = _interp_axis(s, 3, *tables[1])
+    return _interp_axis(s, 4, *tables[2])
 
 
 def _interp_axis(
