@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stripped-only", action="store_true",
                     help="leave out cases that say they are not skull-stripped (the raw "
                          "open-MS heads, whose loss mask is a head mask)")
+    ap.add_argument("--exclude-anatomy", action="append", default=[], metavar="CASE",
+                    help="leave out simulations whose participants.tsv 'anatomy' is CASE "
+                         "(a validation or test participant's anatomy)")
     ap.add_argument("--max-cases", type=int, default=0,
                     help="at most this many cases per dataset (0: all), in reading order")
     args = ap.parse_args(argv)
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in load_cases(root) if c.site not in args.exclude_site]
         if args.stripped_only:
             cases = [c for c in cases if (c.info or {}).get("skull_stripped", True)]
+        if args.exclude_anatomy:
+            cases = [c for c in cases
+                     if (c.info or {}).get("anatomy") not in args.exclude_anatomy]
         if args.max_cases:
             cases = cases[: args.max_cases]
         written = pack_cases(cases, args.out, args.spacing, tag=root.absolute().name,

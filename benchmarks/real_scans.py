@@ -59,7 +59,12 @@ def find_case(name: str) -> Any:
     """The :class:`~rtfsyn.data.Case` called ``name`` (or ending in ``/name``) in ../shared."""
     from rtfsyn.data import load_cases
 
-    folder = REAL / "open-ms-cross-sectional" if name.startswith("openms-cs") else REAL / name
+    if name.startswith("openms-cs"):
+        folder = REAL / "open-ms-cross-sectional"
+    elif name.startswith("openms-long-"):  # openms-long-patientNN-studyK (a validation case)
+        folder = REAL / "open-ms-longitudinal-raw"
+    else:
+        folder = REAL / name
     for case in load_cases(folder):
         if case.subject == name or case.subject.endswith(("/" + name, "-" + name)):
             return case
