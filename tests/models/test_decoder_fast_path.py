@@ -98,9 +98,10 @@ def test_bundled_model_same_output_on_both_paths() -> None:
 @pytest.mark.parametrize(("layers", "skip_ch", "embed", "chunk"),
                          [(3, 3, 4, 37), (1, 0, 0, 1000), (2, 2, 0, 64)])
 def test_chunked_training_path_equals_autograd(layers, skip_ch, embed, chunk) -> None:
-    # the CPU training path (chunks recomputed in the backward pass) against plain autograd
-    # through the slab path: same output and the same gradient for every input and weight,
-    # on an aligned and an arbitrary (padded-frame) grid; chunks that do not divide the grid
+    # the CPU training path against plain autograd through the slab path: same output and the
+    # same gradient for every input and weight, on an aligned and an arbitrary (padded-frame)
+    # grid; chunks that do not divide the grid; every chunk recomputed in the backward pass
+    # (keep 0), every chunk's activations kept (keep 1e12), and a kept prefix of 2 chunks
     torch.manual_seed(3)
     dec = ImplicitDecoder(6, embed_dim=embed, hidden=16, layers=layers, skip_channels=skip_ch)
     for p in dec.parameters():
@@ -111,15 +112,22 @@ def test_chunked_training_path_equals_autograd(layers, skip_ch, embed, chunk) ->
     inputs = [t for t in (latent, emb, skip) if t is not None] + list(dec.parameters())
     for shape, scale in (((10, 8, 12), None), ((7, 9, 5), torch.tensor([0.875, 1.0, 0.75]))):
         results = []
-        for train_chunk in (chunk, 0):
-            dec.train_chunk = train_chunk
+        per_chunk = 8 * chunk * 16 * 4 * (1 + len(dec.layers))  # bytes of one chunk's acts
+        for train_chunk, keep in ((0, 0), (chunk, 0), (chunk, 10**12), (chunk, 2.5 * per_chunk)):
+            dec.train_chunk, dec.train_keep_bytes = train_chunk, keep
             y = dec.forward_grid(latent, shape, emb, skip, scale=scale)
             loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + y.square().sum()
             results.append((y.detach(), torch.autograd.grad(loss, inputs)))
-        (y_c, g_c), (y_a, g_a) = results
-        torch.testing.assert_close(y_c, y_a, atol=1e-5, rtol=1e-5)
-        for a, b in zip(g_c, g_a, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()) + 1e-6, rtol=1e-4)
+        (y_a, g_a), *chunked = results
+        for y_c, g_c in chunked:
+            torch.testing.assert_close(y_c, y_a, atol=1e-5, rtol=1e-5)
+            for a, b in zip(g_c, g_a, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5 * float(b.abs().max()) + 1e-6,
+                                           rtol=1e-4)
+        # keeping the activations or recomputing them is the same arithmetic: bit for bit
+        for y_c, g_c in chunked[1:]:
+            assert torch.equal(y_c, chunked[0][0])
+            assert all(torch.equal(a, b) for a, b in zip(g_c, chunked[0][1], strict=True))
 
 
 def test_chunked_training_path_is_used_only_with_autograd_on_a_cpu() -> None:
