@@ -11,6 +11,7 @@ from rtfsyn.data.inspect import check_case
 from rtfsyn.data.openms import (
     _resample,
     align_study,
+    brain_mask_in_head,
     find_openms_folders,
     head_mask,
     normalized_mutual_information,
@@ -93,6 +94,7 @@ def test_longitudinal_layout_aligns_every_contrast(tmp_path, monkeypatch) -> Non
         assert (tmp_path / "cache") in case.images[c].parents
     assert sorted(p.name for p in (data / "patient05").iterdir()) == before
     assert check_case(case).ok  # one grid: the FLAIR's
+    assert case.info["mask"].startswith("head")  # a blob without a skull: no brain estimate
     ali = case.info["alignment"]
     assert ali["T1w"]["method"] == "transform file"
     assert ali["T2w"]["method"].startswith("rigid registration")
@@ -186,6 +188,27 @@ def test_head_mask_fills_the_skull_gap() -> None:
     assert mask[r < 17.5].all() and not mask[r > 19.5].any()
 
 
+def test_brain_mask_in_head_cuts_scalp_and_skull() -> None:
+    """Brain inside a dark skull ring inside a scalp that is bright on the T1w: the estimate
+    keeps the brain and drops skull and scalp; the head mask keeps everything."""
+    x, y, _ = np.meshgrid(*[np.arange(72) - 35.5] * 2, np.arange(10), indexing="ij")
+    r = np.hypot(x, y)
+    rng = np.random.default_rng(0)
+    brain, skull, scalp = r < 22, (r >= 22) & (r < 26), (r >= 26) & (r < 31)
+    t1 = np.where(brain, 300.0 + 60.0 * (r < 12), 0.0) + np.where(scalp, 700.0, 0.0)
+    flair = np.where(brain, 400.0 - 80.0 * (r < 12), 0.0) + np.where(scalp, 350.0, 0.0)
+    t1[skull] = flair[skull] = 15.0
+    vols = {c: v + np.abs(rng.normal(0, 4, v.shape)) for c, v in (("T1w", t1), ("FLAIR", flair))}
+    head = head_mask(*vols.values())
+    assert head[r < 30.5].all()
+    est = brain_mask_in_head(vols, head, (1.0, 1.0, 3.0))
+    assert est is not None
+    assert est[r < 20.5].all()  # the brain, up to the skull
+    assert not est[r > 23.5].any()  # no skull, no scalp
+    # nothing to find: the estimate declines and the caller keeps the head mask
+    assert brain_mask_in_head(vols, np.zeros_like(head), (1.0, 1.0, 3.0)) is None
+
+
 def test_nmi_orders_alignment() -> None:
     rng = np.random.default_rng(0)
     a = rng.random((20, 20, 20))
@@ -245,8 +268,12 @@ def test_real_longitudinal_study(real_data, tmp_path) -> None:
     flair = nib.load(images["FLAIR"])
     t1 = nib.load(out["images"]["T1w"])
     assert t1.shape == flair.shape and np.allclose(t1.affine, flair.affine, atol=1e-4)
-    mask = nib.load(out["mask"]).get_fdata() > 0
-    assert 0.2 < mask.mean() < 0.8  # the head, not the field of view
+    head = nib.load(out["head_mask"]).get_fdata() > 0
+    assert 0.2 < head.mean() < 0.8  # the head, not the field of view
+    brain = nib.load(out["mask"]).get_fdata() > 0  # the loss mask: the estimated brain
+    assert not (brain & ~head).any() and 0.35 < brain.sum() / head.sum() < 0.8
+    ml = brain.sum() * np.prod(flair.header.get_zooms()[:3]) / 1000
+    assert 900 < ml < 1900, ml  # an adult intracranial volume, not a head
     assert out == align_study(images, {"T1w": folder / "study2_T1W_intrastudy_to_FLAIR.txt"},
                               tmp_path)  # cached
 

@@ -16,12 +16,18 @@ Two layouts:
   transform on another grid is registered rigidly (SimpleITK, Mattes mutual information); if
   that fails it is left out of the case and the case says so in ``info["flags"]``.
 
-Loss mask for these unstripped heads: a **head mask** (Otsu threshold of every aligned
-contrast, united, closed, holes filled slice by slice, largest component) intersected with the
-field of view that every contrast covers after resampling. It is written as the case's
-``mask``, so training and evaluation normalise intensities and take losses inside the head
-(scalp included: no skull-stripping tool is part of the stack). ``info["skull_stripped"]`` is
-False for these cases so a caller can leave them out.
+Loss mask for these unstripped heads: an **estimated brain mask** (:func:`brain_mask_in_head`,
+since 2026-11-26: the intracranial region inside the head mask, cut from the scalp at the dark
+skull and at the T1w's bright fat), written as the case's ``mask``, so training and
+evaluation normalise intensities and take losses inside the brain, as for the skull-stripped
+cases. The **head mask** it starts from (Otsu threshold of every aligned contrast, united,
+closed, holes filled slice by slice, largest component, intersected with the field of view
+that every contrast covers after resampling) is kept in ``info["head_mask"]``; it was the
+case's mask before (scalp included), and is used when the estimate fails
+(``info["mask"]`` says which one the case has). The estimate is a morphological heuristic,
+not a skull-stripping tool (none is part of the stack): it misses some cortex next to thin
+skull and stops at the skull base.
+``info["skull_stripped"]`` is False for these cases so a caller can leave them out.
 
 Resampled volumes and masks are cached under :func:`user_cache_dir` (``$RTFSYN_CACHE``, else
 ``$XDG_CACHE_HOME/rtfsyn``, else ``~/.cache/rtfsyn``), keyed by a hash of the input bytes;
@@ -51,6 +57,7 @@ from rtfsyn.errors import DatasetError
 
 __all__ = [
     "align_study",
+    "brain_mask_in_head",
     "find_openms_folders",
     "head_mask",
     "load_openms",
@@ -60,7 +67,7 @@ __all__ = [
 ]
 
 #: bumped when the cached files would change
-CACHE_VERSION = "openms-2"
+CACHE_VERSION = "openms-3"
 
 _CROSS = re.compile(r"^(T1POST|T1|T2|FLAIR|GOLD_STANDARD)_.*\.nii(\.gz)?$")
 _CROSS_CONTRAST = {"T1": "T1w", "T1POST": "T1Gd", "T2": "T2w", "FLAIR": "FLAIR"}
@@ -159,6 +166,9 @@ def _longitudinal_cases(folder: Path, cache: Path) -> list[Case]:
             "skull_stripped": False, "reference": aligned["reference"],
             "alignment": aligned["alignment"], "flags": aligned["flags"],
             "acquired": {c: str(p) for c, p in studies[study].items()},
+            "head_mask": str(aligned["head_mask"]),
+            "mask": ("estimated brain" if Path(aligned["mask"]).name == "brain_mask.nii.gz"
+                     else "head (the brain estimate failed)"),
         }
         metadata = {c: basic_metadata(c, p) for c, p in images.items()}
         cases.append(Case(f"{participant}-{study}", images, metadata, site=None,
@@ -186,7 +196,8 @@ def align_study(
 
     Returns:
         dict with ``images`` (contrast → NIfTI on the reference grid: the reference file itself,
-        the others cached), ``mask`` (cached head mask), ``reference`` (contrast),
+        the others cached), ``mask`` (cached brain mask, :func:`brain_mask_in_head`; the
+        head mask where that fails), ``head_mask`` (cached), ``reference`` (contrast),
         ``alignment`` (contrast → method and NMI with the reference) and ``flags``.
     """
     if not images:
@@ -200,8 +211,8 @@ def align_study(
         return {
             "images": {c: (images[c] if c == ref_name else out_dir / f) for c, f in
                        saved["files"].items()},
-            "mask": out_dir / "head_mask.nii.gz", "reference": ref_name,
-            "alignment": saved["alignment"], "flags": saved["flags"],
+            "mask": out_dir / saved["mask"], "head_mask": out_dir / "head_mask.nii.gz",
+            "reference": ref_name, "alignment": saved["alignment"], "flags": saved["flags"],
         }
     import SimpleITK as sitk
 
@@ -245,6 +256,8 @@ def align_study(
         arrays[contrast] = arr
         coverage &= cov
     mask = head_mask(*arrays.values()) & coverage
+    zooms = tuple(float(z) for z in ref_nib.header.get_zooms()[:3])
+    brain = brain_mask_in_head(arrays, mask, zooms)
     files = {ref_name: images[ref_name].name}
     for contrast, arr in arrays.items():
         if contrast != ref_name:
@@ -252,13 +265,18 @@ def align_study(
             io.save_nifti(np.where(coverage, arr, 0.0).astype(np.float32),
                           out_dir / files[contrast], reference=ref_nib)
     io.save_nifti(mask.astype(np.uint8), out_dir / "head_mask.nii.gz", reference=ref_nib)
+    mask_name = "head_mask.nii.gz"
+    if brain is not None:
+        mask_name = "brain_mask.nii.gz"
+        io.save_nifti(brain.astype(np.uint8), out_dir / mask_name, reference=ref_nib)
     payload = {"version": CACHE_VERSION, "reference": ref_name, "files": files,
+               "mask": mask_name,
                "inputs": [str(p) for p in inputs], "alignment": alignment, "flags": flags}
     io.atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
     return {"images": {c: (images[c] if c == ref_name else out_dir / f) for c, f in
                        files.items()},
-            "mask": out_dir / "head_mask.nii.gz", "reference": ref_name,
-            "alignment": alignment, "flags": flags}
+            "mask": out_dir / mask_name, "head_mask": out_dir / "head_mask.nii.gz",
+            "reference": ref_name, "alignment": alignment, "flags": flags}
 
 
 def _to_nib_order(arr: np.ndarray) -> np.ndarray:
@@ -308,6 +326,70 @@ def _rigid_register(fixed: Any, moving: Any, seed: int = 0) -> Any:
 
 
 # --------------------------------------------------------------------------- masks and scores
+def brain_mask_in_head(volumes: dict[str, np.ndarray], head: np.ndarray,
+                       spacing: tuple[float, float, float], radius_mm: float = 6.0
+                       ) -> np.ndarray | None:
+    """Estimated intracranial (brain + CSF) mask of an unstripped head, (X, Y, Z) bool.
+
+    Axial slices (the third axis) of aligned contrasts ``volumes`` on one grid, inside the
+    head mask ``head``:
+
+    1. each contrast is normalised inside the head (0.5–99.5 percentile); voxels dark in every
+       contrast (< 0.15: skull, air) are excluded, and so is the T1w's brightest 15 % (fat,
+       dilated by one voxel) when there is a T1w;
+    2. the rest is eroded in-plane by ``radius_mm``, which cuts the thin bridges between
+       brain and scalp, and the largest 3-D component is kept (the brain);
+    3. that core is replaced slice by slice by its convex hull (white matter lost to the
+       fat threshold comes back) and grown back by ``radius_mm`` + 2 voxels in-plane through
+       voxels that are not dark (the cortex up to the skull); closed and filled slice by slice.
+
+    Returns ``None`` when the estimate is implausible (no core, or under 15 % or over 95 % of
+    the head): the caller keeps the head mask.
+    """
+    from scipy.spatial import ConvexHull, Delaunay, QhullError
+
+    from rtfsyn.preprocess import robust_normalize
+
+    if not head.any():
+        return None
+    norm = {c: robust_normalize(v, head)[0] for c, v in volumes.items()}
+    bright = np.max(np.stack(list(norm.values())), axis=0)
+    passable = head & (bright >= 0.15)
+    allowed = passable.copy()
+    if "T1w" in norm:
+        t1 = norm["T1w"]
+        fat = t1 > np.quantile(t1[head], 0.85)
+        allowed &= ~ndimage.binary_dilation(fat, np.ones((3, 3, 1), bool))
+    r = max(1, round(radius_mm / float(spacing[0])))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disk = (yy**2 + xx**2 <= r * r)[..., None]
+    eroded = ndimage.binary_erosion(allowed, disk)
+    labels, n = ndimage.label(eroded)
+    if n == 0:
+        return None
+    sizes = ndimage.sum(eroded, labels, index=np.arange(1, n + 1))
+    core = labels == int(np.argmax(sizes)) + 1
+    grid = np.stack(np.mgrid[0:core.shape[0], 0:core.shape[1]], -1).reshape(-1, 2)
+    seed = core.copy()
+    for k in range(core.shape[2]):
+        pts = np.argwhere(core[:, :, k])
+        if len(pts) < 50:
+            continue
+        try:
+            inside = Delaunay(pts[ConvexHull(pts).vertices]).find_simplex(grid) >= 0
+        except QhullError:  # collinear points
+            continue
+        seed[:, :, k] |= inside.reshape(core.shape[:2])
+    cross = np.zeros((3, 3, 1), bool)
+    cross[1, :, 0] = cross[:, 1, 0] = True
+    brain = ndimage.binary_dilation(seed, cross, iterations=r + 2, mask=passable | seed)
+    brain = ndimage.binary_closing(brain, np.ones((5, 5, 1), bool)) & head
+    for k in range(brain.shape[2]):
+        brain[:, :, k] = ndimage.binary_fill_holes(brain[:, :, k])
+    share = brain.sum() / head.sum()
+    return brain if 0.15 <= share <= 0.95 else None
+
+
 def head_mask(*volumes: np.ndarray) -> np.ndarray:
     """Head mask of unstripped volumes on one grid, shape (X, Y, Z) bool.
 
