@@ -167,7 +167,7 @@ def _longitudinal_cases(folder: Path, cache: Path) -> list[Case]:
             "alignment": aligned["alignment"], "flags": aligned["flags"],
             "acquired": {c: str(p) for c, p in studies[study].items()},
             "head_mask": str(aligned["head_mask"]),
-            "mask": ("estimated brain" if Path(aligned["mask"]).name == "brain_mask.nii.gz"
+            "mask": ("estimated brain" if aligned["mask"] != aligned["head_mask"]
                      else "head (the brain estimate failed)"),
         }
         metadata = {c: basic_metadata(c, p) for c, p in images.items()}
@@ -363,12 +363,9 @@ def brain_mask_in_head(volumes: dict[str, np.ndarray], head: np.ndarray,
     r = max(1, round(radius_mm / float(spacing[0])))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     disk = (yy**2 + xx**2 <= r * r)[..., None]
-    eroded = ndimage.binary_erosion(allowed, disk)
-    labels, n = ndimage.label(eroded)
-    if n == 0:
+    core = _largest_component(ndimage.binary_erosion(allowed, disk))
+    if not core.any():
         return None
-    sizes = ndimage.sum(eroded, labels, index=np.arange(1, n + 1))
-    core = labels == int(np.argmax(sizes)) + 1
     grid = np.stack(np.mgrid[0:core.shape[0], 0:core.shape[1]], -1).reshape(-1, 2)
     seed = core.copy()
     for k in range(core.shape[2]):
@@ -383,9 +380,7 @@ def brain_mask_in_head(volumes: dict[str, np.ndarray], head: np.ndarray,
     cross = np.zeros((3, 3, 1), bool)
     cross[1, :, 0] = cross[:, 1, 0] = True
     brain = ndimage.binary_dilation(seed, cross, iterations=r + 2, mask=passable | seed)
-    brain = ndimage.binary_closing(brain, np.ones((5, 5, 1), bool)) & head
-    for k in range(brain.shape[2]):
-        brain[:, :, k] = ndimage.binary_fill_holes(brain[:, :, k])
+    brain = _fill_slices(ndimage.binary_closing(brain, np.ones((5, 5, 1), bool)) & head)
     share = brain.sum() / head.sum()
     return brain if 0.15 <= share <= 0.95 else None
 
@@ -409,14 +404,24 @@ def head_mask(*volumes: np.ndarray) -> np.ndarray:
         # tissue, so the scalp ring stays closed and the fill below takes the whole head
         mask |= v > 0.5 * otsu.GetThreshold()
     mask = ndimage.binary_closing(mask, structure=np.ones((5, 5, 1), bool), iterations=1)
-    mask = ndimage.binary_fill_holes(mask)
+    mask = _fill_slices(ndimage.binary_fill_holes(mask))
+    return _largest_component(mask)
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with the holes of every slice along the last axis filled (in place)."""
     for k in range(mask.shape[2]):
         mask[:, :, k] = ndimage.binary_fill_holes(mask[:, :, k])
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-        mask = labels == int(np.argmax(sizes)) + 1
     return mask
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of ``mask`` (all False if it has none)."""
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return labels == 1
+    sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+    return labels == int(np.argmax(sizes)) + 1
 
 
 def normalized_mutual_information(
