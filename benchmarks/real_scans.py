@@ -71,8 +71,13 @@ def find_case(name: str) -> Any:
     raise SystemExit(f"case {name} not found under {folder}")
 
 
-def load_case(name: str) -> dict[str, Any]:
-    """Images (T1w + targets, native grid, float32), the brain mask and the NIfTI of the T1."""
+def load_case(name: str, estimated_brain: bool = False) -> dict[str, Any]:
+    """Images (T1w + targets, native grid, float32), the brain mask and the NIfTI of the T1.
+
+    The mask is the intersection of the contrasts' non-zero regions; with
+    ``estimated_brain`` it is further cut to the brain mask the case's reader estimates for
+    an unstripped head (open-MS raw: ``info["mask"] == "estimated brain"``), if it has one.
+    """
     from rtfsyn import io
     from rtfsyn.preprocess import brain_mask
 
@@ -80,6 +85,13 @@ def load_case(name: str) -> dict[str, Any]:
     imgs = {c: io.load_nifti(case.images[c]) for c in ("T1w", *TARGETS) if c in case.images}
     data = {c: np.asarray(i.dataobj, dtype=np.float32) for c, i in imgs.items()}
     mask = np.logical_and.reduce([brain_mask(v) for v in data.values()])
+    if estimated_brain and case.mask is not None and \
+            (case.info or {}).get("mask") == "estimated brain":
+        brain = np.asarray(io.load_nifti(case.mask).dataobj) > 0
+        if brain.shape != mask.shape:
+            raise SystemExit(f"{name}: brain mask {brain.shape} is not on the grid "
+                             f"{mask.shape} of its images")
+        mask &= brain
     labels = None
     if case.labels is not None:
         labels = np.asarray(io.load_nifti(case.labels).dataobj) > 0
@@ -305,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="synthesize(protocol=...) for the model's rows: the typical protocol "
                          "that fills the target's fields (default: the contrast's typical "
                          "one; 'none': leave them to the model's null tokens)")
+    ap.add_argument("--estimated-brain", action="store_true",
+                    help="for unstripped heads whose reader estimates a brain mask (open-MS "
+                         "raw), synthesize and score inside that mask instead of the head")
     ap.add_argument("--sweep-case", default="openms-cs-patient07")
     ap.add_argument("--sweep-spacing", type=float, default=2.0,
                     help="output grid (mm) of the sweep's syntheses; 0 = the input grid")
@@ -353,13 +368,13 @@ def _write(path: Path, out: dict[str, Any], md: list[str]) -> None:
 def run_table(args: argparse.Namespace, argv: list[str] | None, model: Any) -> None:
     """Every case × target × method: metrics, panels, ``<out>.json``/``.md``."""
     t_start = time.perf_counter()
-    donor = load_case(args.donor)
+    donor = load_case(args.donor, args.estimated_brain)
     fig_dir = args.panels or args.out.with_suffix("")
     results: list[dict[str, Any]] = []
     seconds: dict[str, dict[str, float]] = {}
     for name in args.cases:
         print(f"[{name}]", flush=True)
-        c = load_case(name)
+        c = load_case(name, args.estimated_brain)
         per_target, rows_by_target = {}, {}
         seconds[name] = {}
         for target in args.targets:
@@ -400,7 +415,9 @@ def run_table(args: argparse.Namespace, argv: list[str] | None, model: Any) -> N
         **_header(argv, model, time.perf_counter() - t_start),
         "donor": args.donor, "cases": args.cases, "targets": args.targets,
         "normalisation": "0.5-99.5 percentile in the brain mask -> [0, 1], both volumes",
-        "mask": "intersection of the non-zero regions of T1w, T1Gd, T2w, FLAIR",
+        "mask": "intersection of the non-zero regions of T1w, T1Gd, T2w, FLAIR"
+                + (", cut to the reader's estimated brain mask in unstripped heads"
+                   if args.estimated_brain else ""),
         "physics_prior": prior_fn() is not None, "panels": str(fig_dir),
         "synthesis_seconds": seconds, "rows": results,
     }
