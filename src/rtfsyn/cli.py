@@ -136,7 +136,9 @@ def train_cmd(
         None, "--init-from", help="Fine-tune: start from this checkpoint or model name."
     ),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Override max_steps."),
-    max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after M min."),
+    max_minutes: float | None = typer.Option(
+        None, "--max-minutes",
+        help="Stop after M min; the final weights (EMA if enabled) are still written."),
     holdout_site: str | None = typer.Option(
         None, "--holdout-site", help="Leave this site out (zero-shot test)."
     ),

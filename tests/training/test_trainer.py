@@ -15,7 +15,7 @@ import rtfsyn
 import rtfsyn.io
 import rtfsyn.training.trainer as trainer_mod
 from _tiny import TINY_MODEL
-from rtfsyn.checkpoint import load_checkpoint, read_checkpoint_info
+from rtfsyn.checkpoint import load_checkpoint, load_training_state, read_checkpoint_info
 from rtfsyn.errors import RtfsynError
 from rtfsyn.training.config import load_train_config
 from rtfsyn.training.trainer import NonFiniteLossError, train
@@ -60,12 +60,28 @@ def test_train_writes_run_and_validates(tiny_bids, tmp_path) -> None:
         train([tiny_bids], tiny_config(), out, progress=False, device="cpu")
 
 
+def test_time_budget_writes_final_ema_weights(tiny_bids, tmp_path) -> None:
+    # --max-minutes is a planned end: the final (EMA) weights are written, as at max_steps;
+    # before, a run stopped by time left only last.safetensors (raw weights, EMA unused)
+    cfg = tiny_config(max_steps=50, max_minutes=1e-6, ema_decay=0.9, val_every=100)
+    res = train([tiny_bids], cfg, tmp_path / "run", progress=False, device="cpu")
+    assert res.stopped_early and res.step == 1 and res.final_checkpoint is not None
+    final, info = load_checkpoint(res.final_checkpoint)
+    raw, _ = load_checkpoint(res.last_checkpoint)
+    ema = load_training_state(res.last_checkpoint.with_name("last.state.pt"))["ema"]
+    assert info.step == 1
+    for k in final:
+        torch.testing.assert_close(final[k], ema[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(final[k], raw[k]) for k in final)
+
+
 def test_resume_reaches_same_weights(tiny_bids, tmp_path) -> None:
     cfg = tiny_config(max_steps=6, ckpt_every=3, val_every=100)
     full = train([tiny_bids], cfg, tmp_path / "full", progress=False, device="cpu")
     part = train([tiny_bids], cfg, tmp_path / "part", progress=False, device="cpu",
                  stop_after_steps=3)
     assert part.stopped_early and part.step == 3
+    assert part.final_checkpoint is None  # an interruption leaves only the resume point
     part_weights, _ = load_checkpoint(part.last_checkpoint)
     resumed = train([tiny_bids], cfg, tmp_path / "part", resume=True, progress=False,
                     device="cpu")

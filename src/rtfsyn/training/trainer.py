@@ -5,7 +5,8 @@ Run folder layout (``--out runs/NAME``)::
     config.yaml                 the resolved training config
     checkpoints/last.safetensors + last.state.pt    (resume point)
     checkpoints/best.safetensors                    (best validation PSNR)
-    checkpoints/final.safetensors                   (weights at the end, EMA if enabled)
+    checkpoints/final.safetensors                   (weights at the end, EMA if enabled;
+                                                     also when --max-minutes ends the run)
     tensorboard/                scalars and image panels
     metrics.jsonl               validation results, one JSON line per evaluation
 
@@ -269,6 +270,7 @@ class _Run:
     writer: Any = None
     step: int = 0
     best_psnr: float = -math.inf
+    timed_out: bool = False
     seen: ConditioningRange = field(default_factory=ConditioningRange)
 
     @property
@@ -632,11 +634,13 @@ def _loop(
                 val_metrics = _validate(run)
                 _record_validation(run, val_metrics)
             # stop conditions (agreed across ranks)
+            # 2 = the time budget is spent (a planned end: final weights are written),
+            # 1 = stop_after_steps (an emulated interruption: only the resume point)
             stop = 0
-            if cfg.max_minutes is not None and (time.time() - t_loop) / 60 > cfg.max_minutes:
-                stop = 1
             if stop_after_steps is not None and step - start_step >= stop_after_steps:
                 stop = 1
+            if cfg.max_minutes is not None and (time.time() - t_loop) / 60 > cfg.max_minutes:
+                stop = 2
             if run.distributed:
                 flag = torch.tensor([stop], device=run.dev)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -645,6 +649,7 @@ def _loop(
                 _save(run)
             if stop:
                 stop_early = step < cfg.max_steps
+                run.timed_out = stop == 2
                 break
     return run.step, stop_early, val_metrics
 
@@ -692,7 +697,7 @@ def _finish(run: _Run, val_metrics: dict[str, float], stop_early: bool) -> Path 
     """Final checkpoint (rank 0) and, under DDP, each rank's weight digest."""
     final = None
     if run.is_main:
-        if run.step >= run.config.max_steps:
+        if run.step >= run.config.max_steps or run.timed_out:
             final = save_checkpoint(run.ckpt_dir / "final.safetensors",
                                     run.ema.shadow if run.ema else run.model, run.run_config,
                                     step=run.step, info=run.info(val=val_metrics))
