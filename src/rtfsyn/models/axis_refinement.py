@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rtfsyn.models._common import ModelError, check_int, norm3d
+from rtfsyn.models._common import ModelError, axis_conv3d, check_int, norm3d
 
 __all__ = ["AxisAwareRefinement"]
 
@@ -16,8 +15,9 @@ class AxisAwareRefinement(nn.Module):
 
     For each axis ``a`` of ``(D, H, W)``:
 
-    * a long depthwise 1-D convolution along ``a`` (a ``Conv3d`` with kernel ``(k,1,1)``,
-      ``(1,k,1)`` or ``(1,1,k)``, ``groups = C``);
+    * a long depthwise 1-D convolution along ``a`` (the grouped ``Conv3d`` with kernel
+      ``(k,1,1)``, ``(1,k,1)`` or ``(1,1,k)``, ``groups = C``, computed by
+      :func:`~rtfsyn.models._common.axis_conv3d`);
     * a gate ``sigmoid(conv1d(mean of the features over the two other axes))`` — one value
       per channel and position along ``a`` — broadcast back over the other axes.
 
@@ -63,13 +63,7 @@ class AxisAwareRefinement(nn.Module):
 
     def _branch(self, h: torch.Tensor, axis: int) -> torch.Tensor:
         i = 0 if self.tie_weights else axis
-        k = self.kernel_size
-        shape = [1, 1, 1]
-        shape[axis] = k
-        pad = [0, 0, 0]
-        pad[axis] = k // 2
-        weight = self.dw_weight[i].view(self.channels, 1, *shape)
-        y = F.conv3d(h, weight, self.dw_bias[i], padding=tuple(pad), groups=self.channels)
+        y = axis_conv3d(h, self.dw_weight[i], self.dw_bias[i], axis)
         others = tuple(2 + a for a in range(3) if a != axis)
         profile = h.mean(dim=others)  # (B, C, n_axis)
         gate = torch.sigmoid(self.gates[i](profile))
