@@ -1,4 +1,4 @@
-"""Apply the stage-7 choice rule (benchmarks/gpu/RECIPE.md) to validation and demo results.
+"""Apply the choice rule of stages 7 and 8 (benchmarks/gpu/RECIPE.md) to validation and demo data.
 
 Each candidate (and the bundled model) is given as ``NAME=REAL_SCANS_JSON[,DEMO_JSON]``: the
 ``real_scans.py`` output on the validation cases and, optionally, the ``demo_metrics.json`` of
