@@ -67,6 +67,35 @@ def test_pairs_restriction(tiny_bids) -> None:
         PatchDataset(subjects, patch_size=8, pairs=[("T1w", "PDw")])
 
 
+def test_case_weights_set_how_often_a_subject_is_drawn(tiny_bids) -> None:
+    subjects = load_subjects(load_cases(tiny_bids), spacing=2.0, progress=False)
+    plain = PatchDataset(subjects, patch_size=8, samples_per_epoch=300, seed=1)
+    ds = PatchDataset(subjects, patch_size=8, samples_per_epoch=300, seed=1,
+                      weights=[1.0, 1.0, 8.0])
+    drawn = np.bincount([ds.sample_spec(i).subject for i in range(300)], minlength=3)
+    assert 0.7 < drawn[2] / 300 < 0.9  # expected 0.8
+    even = np.bincount([plain.sample_spec(i).subject for i in range(300)], minlength=3)
+    assert even.min() > 70  # unweighted: about 100 each
+    assert [ds.sample_spec(i) for i in range(20)] == [ds.sample_spec(i) for i in range(20)]
+    with pytest.raises(ValueError, match="one per subject"):
+        PatchDataset(subjects, patch_size=8, weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="finite and > 0"):
+        PatchDataset(subjects, patch_size=8, weights=[1.0, 0.0, 1.0])
+
+
+def test_case_sampling_weights_first_matching_pattern_counts() -> None:
+    from rtfsyn.errors import RtfsynError
+    from rtfsyn.training.config import case_sampling_weights
+
+    ids = ["sub-real01", "sub-real02", "sub-phantom01"]
+    assert case_sampling_weights(ids, None) is None
+    assert case_sampling_weights(ids, {"*real01": 2.0, "*real*": 4.0}) == [2.0, 4.0, 1.0]
+    with pytest.raises(RtfsynError, match=r"\['\*rael\*'\] match no training participant"):
+        case_sampling_weights(ids, {"*rael*": 4.0})
+    with pytest.raises(RtfsynError, match="use a finite weight > 0"):
+        load_train_config({"case_weights": {"*real*": 0}})
+
+
 def test_distributed_sampler_partitions_indices(tiny_bids) -> None:
     subjects = load_subjects(load_cases(tiny_bids), spacing=2.0, progress=False)
     ds = PatchDataset(subjects, patch_size=8, samples_per_epoch=40)

@@ -118,6 +118,12 @@ def test_resume_errors(tiny_bids, tmp_path) -> None:
               device="cpu")
 
 
+def test_case_weights_reach_the_sampler(tiny_bids, tmp_path) -> None:
+    with pytest.raises(RtfsynError, match=r"\['nobody\*'\] match no training participant"):
+        train([tiny_bids], tiny_config(case_weights={"nobody*": 2.0}), tmp_path / "w",
+              progress=False, device="cpu")
+
+
 def _ddp_command(data: Path, tmp_path: Path, script: list[str], port: int, out: str
                  ) -> list[str]:
     cfg = tmp_path / "cfg.yaml"

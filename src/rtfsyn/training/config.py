@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rtfsyn.errors import RtfsynError
 
-__all__ = ["TrainConfig", "load_train_config"]
+__all__ = ["TrainConfig", "case_sampling_weights", "load_train_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -59,6 +59,10 @@ class TrainConfig(BaseModel):
     val_cases: int = Field(2, ge=0)
     val_pairs: list[tuple[str, str]] | None = None
     pairs: list[tuple[str, str]] | None = None
+    case_weights: dict[str, float] | None = Field(
+        None, description="relative sampling weight of training cases: {glob pattern on the "
+        "participant id: weight > 0}; the first matching pattern counts, unmatched cases weigh "
+        "1 (e.g. {'*real*': 4} samples the real cases of a mixed folder 4x as often)")
     samples_per_epoch: int = Field(1024, ge=1)
     log_every: int = Field(20, ge=1)
     ckpt_every: int = Field(500, ge=1)
@@ -83,6 +87,33 @@ class TrainConfig(BaseModel):
                 item = item.split(":", 1)
             out.append(tuple(normalize_contrast(x) for x in item))
         return out
+
+    @field_validator("case_weights")
+    @classmethod
+    def _case_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for pattern, w in (v or {}).items():
+            if not (w > 0 and w < float("inf")):
+                raise ValueError(f"case_weights[{pattern!r}] = {w}: use a finite weight > 0")
+        return v
+
+
+def case_sampling_weights(participants: list[str], patterns: dict[str, float] | None
+                          ) -> list[float] | None:
+    """Each participant's weight under ``case_weights`` (first matching glob; else 1).
+
+    Raises :class:`RtfsynError` naming a pattern that matches no training participant, since
+    a typo there would silently train the unweighted recipe.
+    """
+    from fnmatch import fnmatchcase
+
+    if not patterns:
+        return None
+    unused = [p for p in patterns if not any(fnmatchcase(x, p) for x in participants)]
+    if unused:
+        raise RtfsynError(f"case_weights pattern(s) {unused} match no training participant "
+                          f"(e.g. {participants[:3]}): fix the pattern or remove it")
+    return [next((w for p, w in patterns.items() if fnmatchcase(x, p)), 1.0)
+            for x in participants]
 
 
 def load_train_config(source: str | Path | dict[str, Any] | None = None,

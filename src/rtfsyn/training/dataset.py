@@ -270,6 +270,8 @@ class PatchDataset(Dataset):
             inference will use (its prior is computed with the filled protocol too).
         levels: optional finer copies ``{k: [subject at spacing / k or None, ...]}`` (same
             order as ``subjects``) for :class:`GridSpec` levels ``k > 1``.
+        weights: optional relative sampling weight of each subject (same order as
+            ``subjects``, each > 0); default: every usable subject equally often.
     """
 
     def __init__(
@@ -283,9 +285,17 @@ class PatchDataset(Dataset):
         levels: dict[int, Sequence[Subject | None]] | None = None,
         source_augment: float = 0.0,
         fill_targets: bool = False,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not subjects:
             raise DatasetError("no training subjects with at least two contrasts")
+        if weights is not None:
+            if len(weights) != len(subjects):
+                raise ValueError(f"weights has {len(weights)} entries for {len(subjects)} "
+                                 "subjects: give one per subject")
+            if not all(np.isfinite(w) and w > 0 for w in weights):
+                raise ValueError(f"weights must be finite and > 0, got {list(weights)}")
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         if patch_size < 8:
             raise ValueError(f"patch_size must be >= 8, got {patch_size}")
         self.subjects = list(subjects)
@@ -337,7 +347,11 @@ class PatchDataset(Dataset):
         size = (self.patch_size,) * 3 if grid is None else grid.region
         usable = self._usable if level == 1 else self._usable_at[level]
         rng = np.random.default_rng([self.seed, epoch, index])
-        si = usable[int(rng.integers(len(usable)))]
+        if self.weights is None:
+            si = usable[int(rng.integers(len(usable)))]
+        else:
+            w = self.weights[usable]
+            si = usable[int(rng.choice(len(usable), p=w / w.sum()))]
         source, target = self._pairs[si][int(rng.integers(len(self._pairs[si])))]
         flat = self._mask_idx[level][si]
         subj = self.levels[level][si]

@@ -66,7 +66,7 @@ from rtfsyn.data.cases import Case, load_cases
 from rtfsyn.data.splits import exclusion_key, split_participants
 from rtfsyn.device import available_cpus
 from rtfsyn.errors import RtfsynError
-from rtfsyn.training.config import TrainConfig
+from rtfsyn.training.config import TrainConfig, case_sampling_weights
 from rtfsyn.training.dataset import (
     GridSpec,
     PatchDataset,
@@ -423,7 +423,9 @@ def _setup(
     dataset = PatchDataset(subjects, config.patch_size, config.samples_per_epoch, config.seed,
                            pairs=config.pairs, levels=levels,
                            source_augment=config.source_augment,
-                           fill_targets=config.fill_target_metadata)
+                           fill_targets=config.fill_target_metadata,
+                           weights=case_sampling_weights(
+                               [s.case.participant_id for s in subjects], config.case_weights))
     if config.out_grids and max(dataset.grid_levels) < config.max_out_factor:
         say(f"out_grids: no training case has voxels fine enough for {config.spacing}/"
             f"{config.max_out_factor} mm targets; finest output grid "

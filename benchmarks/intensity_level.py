@@ -1,0 +1,145 @@
+"""Intensity levels after the shared 0.5–99.5 percentile normalisation: a diagnostic.
+
+Every real-scan number in this project compares volumes normalised 0.5–99.5 percentile in the
+brain (:func:`rtfsyn.preprocess.robust_normalize`). Where a target has a long bright tail (a
+glioma's oedema on FLAIR) or its darkest tissue fills the brain's low percentiles (white
+matter on a PD-weighted image), that normalisation moves the bulk of the brain, and a model
+that gets structure right but the tail wrong loses many dB. Two diagnostics:
+
+* ``--packed DIR`` (training data, no model): per contrast and data source (the participant
+  label without its trailing number), the median normalised intensity in each case's brain
+  mask, mean ± SD over cases, min and max.
+* ``--cases …`` (validation cases; never run it on test cases to choose anything): per case and
+  target, the model's PSNR as :mod:`real_scans` scores it, the PSNR of the best affine map
+  ``a + b · prediction`` fitted to the real target in the brain (an oracle that uses the
+  target: it bounds what fixing the level and contrast scale alone would give, it is not a
+  result), and the brain medians of prediction and target.
+
+Usage::
+
+    python benchmarks/intensity_level.py --packed benchmarks/work/packed-v3b \\
+        [--out benchmarks/results/intensity_level_packed.json]
+    python benchmarks/intensity_level.py --cases BraTS-case-preprocessed \\
+        openms-long-patient04-study1 --estimated-brain [--model PATH] [--out ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import REPO, command_line, machine
+
+
+def packed_levels(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``{contrast: {source: {n, mean, sd, min, max}}}`` of brain medians of a packed folder."""
+    import nibabel as nib
+
+    per: dict[str, dict[str, list[float]]] = {}
+    for img in sorted(folder.glob("sub-*/**/anat/*.nii.gz")):
+        name = img.name[: -len(".nii.gz")]
+        if name.endswith(("_mask", "_dseg")):
+            continue
+        contrast = "T1Gd" if "_ce-gd_" in name else name.rsplit("_", 1)[1]
+        masks = list(img.parent.glob("*_desc-brain_mask.nii.gz"))
+        if len(masks) != 1:
+            raise SystemExit(f"{img.parent}: expected one brain mask, found {len(masks)}")
+        mask = np.asarray(nib.load(masks[0]).dataobj) > 0
+        values = np.asarray(nib.load(img).get_fdata(dtype=np.float32))[mask]
+        source = re.sub(r"\d+$", "", img.parts[len(folder.parts)][len("sub-"):])
+        per.setdefault(contrast, {}).setdefault(source, []).append(float(np.median(values)))
+    return {c: {s: {"n": len(v), "mean": round(float(np.mean(v)), 3),
+                    "sd": round(float(np.std(v)), 3), "min": round(min(v), 3),
+                    "max": round(max(v), 3)} for s, v in sorted(by.items())}
+            for c, by in sorted(per.items())}
+
+
+def case_levels(name: str, targets: list[str], model: Any, estimated_brain: bool
+                ) -> list[dict[str, Any]]:
+    """Evaluated PSNR, affine-oracle PSNR and brain medians of one validation case."""
+    import real_scans
+
+    import rtfsyn
+    from rtfsyn import io
+    from rtfsyn.metrics import all_metrics
+    from rtfsyn.preprocess import robust_normalize
+
+    c = real_scans.load_case(name, estimated_brain=estimated_brain)
+    mask = c["mask"]
+    mask_img = io.like(mask.astype(np.uint8), c["t1_img"])
+    rows = []
+    for target in targets:
+        if target not in c["data"]:
+            continue
+        img = rtfsyn.synthesize(c["t1_img"], target=target, model=model, source_contrast="T1w",
+                                mask=mask_img, device="cpu")
+        pred = robust_normalize(np.asarray(img.dataobj, dtype=np.float32), mask)[0]
+        real = robust_normalize(c["data"][target], mask)[0]
+        b, a = np.polyfit(pred[mask].astype(np.float64), real[mask].astype(np.float64), 1)
+        fitted = np.where(mask, np.clip(a + b * pred, 0.0, 1.0), 0.0).astype(np.float32)
+        rows.append({
+            "case": name, "target": target,
+            "psnr": round(float(all_metrics(pred, real, mask)["psnr"]), 2),
+            "psnr_affine_oracle": round(float(all_metrics(fitted, real, mask)["psnr"]), 2),
+            "affine": [round(float(a), 3), round(float(b), 3)],
+            "median_pred": round(float(np.median(pred[mask])), 3),
+            "median_real": round(float(np.median(real[mask])), 3),
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    part = ap.add_mutually_exclusive_group(required=True)
+    part.add_argument("--packed", type=Path, help="a folder written by pack_training_data.py")
+    part.add_argument("--cases", nargs="+", help="validation cases (names as real_scans.py)")
+    ap.add_argument("--targets", nargs="+", default=["T2w", "FLAIR", "T1Gd"])
+    ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    ap.add_argument("--estimated-brain", action="store_true",
+                    help="score unstripped heads inside their estimated brain mask")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"command": command_line("intensity_level.py", argv),
+                           "machine": machine()}
+    md: list[str] = [f"`{out['command']}` on {out['machine']}", ""]
+    if args.packed is not None:
+        if not args.packed.is_dir():
+            raise SystemExit(f"--packed {args.packed}: no such folder")
+        out["levels"] = levels = packed_levels(args.packed)
+        md += ["Median normalised intensity in each case's brain mask, mean ± SD over cases "
+               "[min, max]:", "", "| contrast | source | cases | median |", "|---|---|---|---|"]
+        md += [f"| {c} | {s} | {v['n']} | {v['mean']:.2f} ± {v['sd']:.2f} "
+               f"[{v['min']:.2f}, {v['max']:.2f}] |"
+               for c, by in levels.items() for s, v in by.items()]
+        default = REPO / "benchmarks" / "results" / "intensity_level_packed.json"
+    else:
+        from rtfsyn.inference import load_model
+
+        model = load_model(args.model, "cpu")
+        out["model"] = {"path": str(model.info.path), "step": model.info.step}
+        out["rows"] = rows = [r for name in args.cases
+                              for r in case_levels(name, args.targets, model,
+                                                   args.estimated_brain)]
+        md += ["PSNR dB in the brain as real_scans.py scores it, and after the best affine map "
+               "of the prediction onto the real target (an oracle: it uses the target); brain "
+               "medians after normalisation.", "",
+               "| case | target | PSNR | PSNR, affine oracle | median pred | median real |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {r['case']} | {r['target']} | {r['psnr']:.2f} | {r['psnr_affine_oracle']:.2f}"
+               f" | {r['median_pred']:.2f} | {r['median_real']:.2f} |" for r in rows]
+        default = REPO / "benchmarks" / "results" / "intensity_level.json"
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    from real_scans import _write
+
+    _write(args.out or default, out, md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
