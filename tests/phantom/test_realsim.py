@@ -91,6 +91,22 @@ def test_sampled_protocols_are_continuous_and_inside_their_ranges():
         assert p.signal(subject_tissues(3.0, rng)["WM"]) > 0  # MPRAGE timing always fits
 
 
+def test_lesion_spread_covers_the_flair_contrast_of_real_lesions():
+    from rtfsyn.phantom.physics import inversion_recovery
+
+    def flair(t):  # 3 T, TR 7.5 s, TE 107 ms, TI 2.25 s (a BraTS-anatomy simulation's)
+        return abs(float(inversion_recovery(t.pd, t.t1, t.t2, 7.5, 0.107, 2.25)))
+
+    ratios = []
+    for seed in range(200):
+        tissues = subject_tissues(3.0, np.random.default_rng(seed))
+        ratios.append(flair(tissues["lesion"]) / flair(tissues["WM"]))
+        assert tissues["necrosis"].t2 > tissues["lesion"].t2 > tissues["WM"].t2
+        assert tissues["lesion"].t2s <= tissues["lesion"].t2
+    # real FLAIR lesion / WM of the training cases: 1.65 (BraTS-MET-00110), 2.2 (GLI-00001)
+    assert min(ratios) < 1.65 and max(ratios) > 2.3
+
+
 def test_session_and_tissues_vary_per_draw_and_gd_shortens_enhancing_t1():
     a, b = draw_session(np.random.default_rng(1)), draw_session(np.random.default_rng(2))
     assert a.protocols["T2w"].te != b.protocols["T2w"].te

@@ -24,7 +24,8 @@ Tissue values: :data:`rtfsyn.phantom.physics.TISSUE_PARAMS` for CSF / GM / WM / 
 (oedema, MS lesion) plus :data:`EXTRA_TISSUES` (necrosis: long, fluid-like T1 and T2;
 enhancing tumour: T1 and T2 between oedema and necrosis, and on T1Gd its R1 raised by
 :data:`GD_R1` — r1 ≈ 4 /mM/s × ≈ 0.5 mM of gadolinium), with per-subject jitter as in the
-phantom cohort. It is a simulator: results on it are labelled as such, and real paired
+phantom cohort, and a wider per-subject spread of the lesion's T1 and T2
+(:data:`LESION_SPREAD`). It is a simulator: results on it are labelled as such, and real paired
 volumes stay the ground truth of every reported number.
 """
 
@@ -48,6 +49,7 @@ from rtfsyn.phantom.scanner import Protocol, Site, bias_field, thick_slice_acqui
 __all__ = [
     "EXTRA_TISSUES",
     "GD_R1",
+    "LESION_SPREAD",
     "SIM_TISSUES",
     "Anatomy",
     "Session",
@@ -69,6 +71,15 @@ EXTRA_TISSUES: dict[float, dict[str, TissueParams]] = {
     3.0: {"necrosis": TissueParams(t1=3.000, t2=0.450, t2s=0.200, pd=0.95),
           "enhancing": TissueParams(t1=1.600, t2=0.110, t2s=0.070, pd=0.85)},
 }
+#: Per-subject spread of the ``lesion`` class (oedema, MS lesion, non-enhancing tumour) on top
+#: of the jitter: its T1 and T2 are multiplied by factors drawn uniformly from these ranges.
+#: Water content varies widely between such lesions; with the nominal value alone a simulated
+#: glioma's FLAIR lesion reached 1.3 x white matter where the real FLAIR of the same case
+#: (BraTS-GLI-00001) shows 2.2 x and BraTS-MET-00110's 1.65 x (3 T, TE 107 ms, TI 2.25 s:
+#: nominal 1.58 x; with the spread 1.4-3.1 x, median 2.1, by the signal equation; ratios
+#: measured on the images, with lesion and WM regions estimated from them, come out lower).
+#: See MODEL_CARD.md, stage 9.
+LESION_SPREAD: dict[str, tuple[float, float]] = {"t1": (0.75, 1.0), "t2": (1.0, 1.8)}
 #: R1 (1/s) added to enhancing tissue on a post-contrast (T1Gd) image.
 GD_R1 = 2.0
 #: Contrasts simulated per subject (T1Gd only where the anatomy has enhancing tissue).
@@ -292,7 +303,8 @@ def phantom_anatomy(index: int, seed: int, spacing: float = 1.0,
 # --------------------------------------------------------------------------- physics
 def subject_tissues(field_strength: float, rng: np.random.Generator,
                     jitter: tuple[float, float] = (0.06, 0.03)) -> dict[str, TissueParams]:
-    """Nominal tissue values at the field (1.5–3 T interpolated) with per-subject jitter."""
+    """Nominal tissue values at the field (1.5–3 T interpolated) with per-subject jitter;
+    the lesion class also gets the wider spread of :data:`LESION_SPREAD`."""
     nominal = dict(tissue_params(field_strength))
     w = min(max((field_strength - 1.5) / 1.5, 0.0), 1.0)
     for name in ("necrosis", "enhancing"):
@@ -304,6 +316,8 @@ def subject_tissues(field_strength: float, rng: np.random.Generator,
     for name in SIM_TISSUES:
         f = 1.0 + shared + rng.uniform(-jitter[1], jitter[1], 4)
         out[name] = nominal[name].scaled(*(float(v) for v in f))
+    t1_f, t2_f = (float(rng.uniform(*LESION_SPREAD[k])) for k in ("t1", "t2"))
+    out["lesion"] = out["lesion"].scaled(t1=t1_f, t2=t2_f, t2s=t2_f)
     return out
 
 
