@@ -14,6 +14,8 @@ that gets structure right but the tail wrong loses many dB. Two diagnostics:
   ``a + b · prediction`` fitted to the real target in the brain (an oracle that uses the
   target: it bounds what fixing the level and contrast scale alone would give, it is not a
   result), and the brain medians of prediction and target.
+* ``--demo DIR …`` (folders written by ``rtfsyn demo --out DIR``): the same columns for the
+  demo's held-out phantom subject, from the files the demo wrote.
 
 Usage::
 
@@ -21,6 +23,7 @@ Usage::
         [--out benchmarks/results/intensity_level_packed.json]
     python benchmarks/intensity_level.py --cases BraTS-case-preprocessed \\
         openms-long-patient04-study1 --estimated-brain [--model PATH] [--out ...]
+    python benchmarks/intensity_level.py --demo /tmp/demo-v1 /tmp/demo-s8b [--out ...]
 """
 
 from __future__ import annotations
@@ -58,6 +61,42 @@ def packed_levels(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
             for c, by in sorted(per.items())}
 
 
+def level_row(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """PSNR as scored, affine-oracle PSNR, affine map and brain medians of one prediction."""
+    from rtfsyn.metrics import all_metrics
+    from rtfsyn.preprocess import robust_normalize
+
+    pred = robust_normalize(pred, mask)[0]
+    real = robust_normalize(real, mask)[0]
+    b, a = np.polyfit(pred[mask].astype(np.float64), real[mask].astype(np.float64), 1)
+    fitted = np.where(mask, np.clip(a + b * pred, 0.0, 1.0), 0.0).astype(np.float32)
+    return {"psnr": round(float(all_metrics(pred, real, mask)["psnr"]), 2),
+            "psnr_affine_oracle": round(float(all_metrics(fitted, real, mask)["psnr"]), 2),
+            "affine": [round(float(a), 3), round(float(b), 3)],
+            "median_pred": round(float(np.median(pred[mask])), 3),
+            "median_real": round(float(np.median(real[mask])), 3)}
+
+
+def demo_levels(folder: Path) -> list[dict[str, Any]]:
+    """:func:`level_row` of every synthesized target of one ``rtfsyn demo`` output folder."""
+    from rtfsyn import io
+    from rtfsyn.data import load_cases
+
+    case = load_cases(folder / "phantom")[0]
+    mask = np.asarray(io.load_nifti(case.mask).dataobj) > 0.5
+    rows = []
+    for path in sorted((folder / "synthesized").glob(f"{case.subject}_synth-*.nii.gz")):
+        target = path.name[len(f"{case.subject}_synth-"): -len(".nii.gz")]
+        real = np.asarray(io.load_nifti(case.images[target]).dataobj, dtype=np.float32)
+        pred = np.asarray(io.load_nifti(path).dataobj, dtype=np.float32)
+        rows.append({"case": f"demo {folder.name}", "target": target,
+                     **level_row(pred, real, mask)})
+    if not rows:
+        raise SystemExit(f"--demo {folder}: no synthesized/*_synth-*.nii.gz (not an rtfsyn "
+                         "demo output folder)")
+    return rows
+
+
 def case_levels(name: str, targets: list[str], model: Any, estimated_brain: bool
                 ) -> list[dict[str, Any]]:
     """Evaluated PSNR, affine-oracle PSNR and brain medians of one validation case."""
@@ -65,8 +104,6 @@ def case_levels(name: str, targets: list[str], model: Any, estimated_brain: bool
 
     import rtfsyn
     from rtfsyn import io
-    from rtfsyn.metrics import all_metrics
-    from rtfsyn.preprocess import robust_normalize
 
     c = real_scans.load_case(name, estimated_brain=estimated_brain)
     mask = c["mask"]
@@ -77,18 +114,9 @@ def case_levels(name: str, targets: list[str], model: Any, estimated_brain: bool
             continue
         img = rtfsyn.synthesize(c["t1_img"], target=target, model=model, source_contrast="T1w",
                                 mask=mask_img, device="cpu")
-        pred = robust_normalize(np.asarray(img.dataobj, dtype=np.float32), mask)[0]
-        real = robust_normalize(c["data"][target], mask)[0]
-        b, a = np.polyfit(pred[mask].astype(np.float64), real[mask].astype(np.float64), 1)
-        fitted = np.where(mask, np.clip(a + b * pred, 0.0, 1.0), 0.0).astype(np.float32)
-        rows.append({
-            "case": name, "target": target,
-            "psnr": round(float(all_metrics(pred, real, mask)["psnr"]), 2),
-            "psnr_affine_oracle": round(float(all_metrics(fitted, real, mask)["psnr"]), 2),
-            "affine": [round(float(a), 3), round(float(b), 3)],
-            "median_pred": round(float(np.median(pred[mask])), 3),
-            "median_real": round(float(np.median(real[mask])), 3),
-        })
+        rows.append({"case": name, "target": target,
+                     **level_row(np.asarray(img.dataobj, dtype=np.float32),
+                                 c["data"][target], mask)})
         print(rows[-1], flush=True)
     return rows
 
@@ -98,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     part = ap.add_mutually_exclusive_group(required=True)
     part.add_argument("--packed", type=Path, help="a folder written by pack_training_data.py")
     part.add_argument("--cases", nargs="+", help="validation cases (names as real_scans.py)")
+    part.add_argument("--demo", type=Path, nargs="+", help="rtfsyn demo output folders")
     ap.add_argument("--targets", nargs="+", default=["T2w", "FLAIR", "T1Gd"])
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     ap.add_argument("--estimated-brain", action="store_true",
@@ -119,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
                for c, by in levels.items() for s, v in by.items()]
         default = REPO / "benchmarks" / "results" / "intensity_level_packed.json"
     else:
-        from rtfsyn.inference import load_model
+        if args.demo:
+            out["rows"] = rows = [r for folder in args.demo for r in demo_levels(folder)]
+        else:
+            from rtfsyn.inference import load_model
 
-        model = load_model(args.model, "cpu")
-        out["model"] = {"path": str(model.info.path), "step": model.info.step}
-        out["rows"] = rows = [r for name in args.cases
-                              for r in case_levels(name, args.targets, model,
-                                                   args.estimated_brain)]
+            model = load_model(args.model, "cpu")
+            out["model"] = {"path": str(model.info.path), "step": model.info.step}
+            out["rows"] = rows = [r for name in args.cases
+                                  for r in case_levels(name, args.targets, model,
+                                                       args.estimated_brain)]
         md += ["PSNR dB in the brain as real_scans.py scores it, and after the best affine map "
                "of the prediction onto the real target (an oracle: it uses the target); brain "
                "medians after normalisation.", "",
