@@ -13,7 +13,8 @@ that gets structure right but the tail wrong loses many dB. Two diagnostics:
   target, the model's PSNR as :mod:`real_scans` scores it, the PSNR of the best affine map
   ``a + b · prediction`` fitted to the real target in the brain (an oracle that uses the
   target: it bounds what fixing the level and contrast scale alone would give, it is not a
-  result), and the brain medians of prediction and target.
+  result), and the brain medians of prediction and target; the same for the T1 itself (its
+  affine oracle is also that of 1 − T1). ``--no-model``: the T1 rows only.
 * ``--demo DIR …`` (folders written by ``rtfsyn demo --out DIR``): the same columns for the
   demo's held-out phantom subject, from the files the demo wrote.
 
@@ -112,11 +113,14 @@ def case_levels(name: str, targets: list[str], model: Any, estimated_brain: bool
     for target in targets:
         if target not in c["data"]:
             continue
-        img = rtfsyn.synthesize(c["t1_img"], target=target, model=model, source_contrast="T1w",
-                                mask=mask_img, device="cpu")
-        rows.append({"case": name, "target": target,
-                     **level_row(np.asarray(img.dataobj, dtype=np.float32),
-                                 c["data"][target], mask)})
+        rows.append({"case": name, "target": target, "method": "T1 itself",
+                     **level_row(c["data"]["T1w"], c["data"][target], mask)})
+        if model is not None:
+            img = rtfsyn.synthesize(c["t1_img"], target=target, model=model,
+                                    source_contrast="T1w", mask=mask_img, device="cpu")
+            rows.append({"case": name, "target": target, "method": "model",
+                         **level_row(np.asarray(img.dataobj, dtype=np.float32),
+                                     c["data"][target], mask)})
         print(rows[-1], flush=True)
     return rows
 
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     part.add_argument("--demo", type=Path, nargs="+", help="rtfsyn demo output folders")
     ap.add_argument("--targets", nargs="+", default=["T2w", "FLAIR", "T1Gd"])
     ap.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    ap.add_argument("--no-model", action="store_true", help="--cases: the T1 rows only")
     ap.add_argument("--estimated-brain", action="store_true",
                     help="score unstripped heads inside their estimated brain mask")
     ap.add_argument("--out", type=Path, default=None)
@@ -153,18 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from rtfsyn.inference import load_model
 
-            model = load_model(args.model, "cpu")
-            out["model"] = {"path": str(model.info.path), "step": model.info.step}
+            model = None if args.no_model else load_model(args.model, "cpu")
+            if model is not None:
+                out["model"] = {"path": str(model.info.path), "step": model.info.step}
             out["rows"] = rows = [r for name in args.cases
                                   for r in case_levels(name, args.targets, model,
                                                        args.estimated_brain)]
         md += ["PSNR dB in the brain as real_scans.py scores it, and after the best affine map "
                "of the prediction onto the real target (an oracle: it uses the target); brain "
                "medians after normalisation.", "",
-               "| case | target | PSNR | PSNR, affine oracle | median pred | median real |",
-               "|---|---|---|---|---|---|"]
-        md += [f"| {r['case']} | {r['target']} | {r['psnr']:.2f} | {r['psnr_affine_oracle']:.2f}"
-               f" | {r['median_pred']:.2f} | {r['median_real']:.2f} |" for r in rows]
+               "| case | target | method | PSNR | PSNR, affine oracle | median pred | median real"
+               " |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {r['case']} | {r['target']} | {r.get('method', 'model')} | {r['psnr']:.2f} | "
+               f"{r['psnr_affine_oracle']:.2f} | {r['median_pred']:.2f} | {r['median_real']:.2f} |"
+               for r in rows]
         default = REPO / "benchmarks" / "results" / "intensity_level.json"
     out["seconds"] = round(time.perf_counter() - t0, 1)
     from real_scans import _write
