@@ -63,15 +63,17 @@ def packed_levels(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def level_row(pred: np.ndarray, real: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """PSNR as scored, affine-oracle PSNR, affine map and brain medians of one prediction."""
-    from rtfsyn.metrics import all_metrics
-    from rtfsyn.preprocess import robust_normalize
+    """PSNR as :func:`real_scans.score` scores it, affine-oracle PSNR, affine map and brain
+    medians of one prediction."""
+    import real_scans
 
-    pred = robust_normalize(pred, mask)[0]
-    real = robust_normalize(real, mask)[0]
+    from rtfsyn.metrics import all_metrics
+
+    scored, normed = real_scans.score({"pred": pred}, real, mask)
+    pred, real = normed["pred"], normed["real"]
     b, a = np.polyfit(pred[mask].astype(np.float64), real[mask].astype(np.float64), 1)
     fitted = np.where(mask, np.clip(a + b * pred, 0.0, 1.0), 0.0).astype(np.float32)
-    return {"psnr": round(float(all_metrics(pred, real, mask)["psnr"]), 2),
+    return {"psnr": round(scored["pred"]["psnr"], 2),
             "psnr_affine_oracle": round(float(all_metrics(fitted, real, mask)["psnr"]), 2),
             "affine": [round(float(a), 3), round(float(b), 3)],
             "median_pred": round(float(np.median(pred[mask])), 3),
@@ -90,7 +92,7 @@ def demo_levels(folder: Path) -> list[dict[str, Any]]:
         target = path.name[len(f"{case.subject}_synth-"): -len(".nii.gz")]
         real = np.asarray(io.load_nifti(case.images[target]).dataobj, dtype=np.float32)
         pred = np.asarray(io.load_nifti(path).dataobj, dtype=np.float32)
-        rows.append({"case": f"demo {folder.name}", "target": target,
+        rows.append({"case": f"demo {folder.name}", "target": target, "method": "model",
                      **level_row(pred, real, mask)})
     if not rows:
         raise SystemExit(f"--demo {folder}: no synthesized/*_synth-*.nii.gz (not an rtfsyn "
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                "| case | target | method | PSNR | PSNR, affine oracle | median pred | median real"
                " |",
                "|---|---|---|---|---|---|---|"]
-        md += [f"| {r['case']} | {r['target']} | {r.get('method', 'model')} | {r['psnr']:.2f} | "
+        md += [f"| {r['case']} | {r['target']} | {r['method']} | {r['psnr']:.2f} | "
                f"{r['psnr_affine_oracle']:.2f} | {r['median_pred']:.2f} | {r['median_real']:.2f} |"
                for r in rows]
         default = REPO / "benchmarks" / "results" / "intensity_level.json"
