@@ -17,6 +17,8 @@ from rtfsyn.phantom.realsim import (
     GD_R1,
     SIM_TISSUES,
     draw_session,
+    flair_hyperintensities,
+    real_anatomy,
     real_fractions,
     simulate_dataset,
     subject_tissues,
@@ -75,6 +77,44 @@ def test_real_fractions_find_tissues_and_flair_lesions():
     assert with_gd["enhancing"][lab == 3].mean() < 0.01
     given = real_fractions(norm, mask, {"enhancing": lab == 4})
     assert given["enhancing"][lab == 4].min() == 1.0 and given["lesion"].max() == 0.0
+
+
+def test_flair_lesions_are_found_by_their_ratio_to_white_matter_on_the_raw_flair():
+    """A small lesion (2.3 x WM) that the 99.5 % clip flattens to the cortex's level is found
+    through the raw FLAIR; specks and the bright rim of a mask are not lesions, and a healthy
+    brain has none."""
+    from rtfsyn.preprocess import robust_normalize
+
+    lab = _tiny_labels()
+    lab[lab == 4] = 3
+    lab[11:13, 11:13, 9:11] = 4  # 8 voxels: fewer than the top 0.5 % of the brain
+    vols = _tiny_contrasts(lab)
+    mask = lab > 0
+    raw = vols["t2f"].copy()
+    raw[12, 3, 10] = 3000.0  # a one-voxel speck inside the brain
+    raw[2, 12, 10] = 3000.0  # on the mask's rim
+    norm = {c: robust_normalize(v, mask)[0] for c, v in
+            (("T1w", vols["t1n"]), ("T2w", vols["t2w"]), ("FLAIR", raw))}
+    frac = real_fractions(norm, mask, flair=raw)
+    assert frac["lesion"][lab == 4].mean() > 0.8
+    assert frac["lesion"][12, 3, 10] == 0 and frac["lesion"][2, 12, 10] == 0
+    assert frac["lesion"][lab == 3].mean() < 0.01
+    assert real_fractions(norm, mask)["lesion"][lab == 4].mean() < 0.2  # clipped: lost
+    healthy = lab.copy()
+    healthy[lab == 4] = 3
+    hv = _tiny_contrasts(healthy)
+    post = np.stack([healthy == 1, healthy == 2, healthy == 3]).astype(np.float32)
+    assert not flair_hyperintensities(hv["t2f"], mask, post).any()
+
+
+def test_real_glioma_simulation_has_its_oedema_and_a_template_has_none(real_data):
+    """Without label maps, the FLAIR of a real glioma shows its oedema (it found none before
+    the ratio rule) and the MNI152 template stays lesion-free."""
+    glioma = real_anatomy(load_cases(real_data / "BraTS-GLI-00001-000")[0], spacing=4.0)
+    assert glioma.fractions["lesion"][glioma.mask].mean() > 0.02
+    template = real_anatomy(load_cases(real_data / "MNI152-template")[0], spacing=4.0)
+    assert sum(template.fractions[t][template.mask].mean()
+               for t in ("lesion", "necrosis", "enhancing")) < 1e-3
 
 
 def test_sampled_protocols_are_continuous_and_inside_their_ranges():

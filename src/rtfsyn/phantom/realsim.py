@@ -16,9 +16,10 @@ Tissue fractions of a real case (:func:`real_fractions`):
 * pathology: given label maps win — BraTS ``seg`` (1 necrosis, 2 oedema, 3 enhancing); a
   binary label map (values 0/1, e.g. open-ms ``GOLD_STANDARD`` as the open-ms reader gives
   it) or a lesion mask beside the images (``*GOLD_STANDARD*``, ``*lesion*``,
-  ``*consensus*``) → ``lesion``; without labels, FLAIR hyperintensities (> 3 SD above the GM mean of
-  the FLAIR, not CSF) become ``lesion``, and within 3 voxels of them T1Gd − T1w > 4 SD (of
-  that difference in WM) becomes ``enhancing``, T1-dark abnormal voxels ``necrosis``.
+  ``*consensus*``) → ``lesion``; without labels, FLAIR hyperintensities (by their ratio to
+  white matter, :func:`flair_hyperintensities`) become ``lesion``, and within 3 voxels of
+  them T1Gd − T1w > 4 SD (of that difference in WM) becomes ``enhancing``, T1-dark abnormal
+  voxels ``necrosis``.
 
 Tissue values: :data:`rtfsyn.phantom.physics.TISSUE_PARAMS` for CSF / GM / WM / lesion
 (oedema, MS lesion) plus :data:`EXTRA_TISSUES` (necrosis: long, fluid-like T1 and T2;
@@ -80,6 +81,13 @@ EXTRA_TISSUES: dict[float, dict[str, TissueParams]] = {
 #: measured on the images, with lesion and WM regions estimated from them, come out lower).
 #: See MODEL_CARD.md, stage 9.
 LESION_SPREAD: dict[str, tuple[float, float]] = {"t1": (0.75, 1.0), "t2": (1.0, 1.8)}
+#: FLAIR lesions of a case without labels (:func:`flair_hyperintensities`): at least this many
+#: times the white-matter median, and the grey-matter ratio plus this margin. On the training
+#: cases the cortex reaches 0.8-1.2 x WM and the brightest 0.5 % of the brain 1.4-2.4 x WM.
+LESION_FLAIR_RATIO = 1.45
+LESION_FLAIR_MARGIN = 0.35
+#: Smallest connected group of FLAIR-abnormal voxels kept (4 voxels = 32 mm³ at 2 mm).
+LESION_MIN_VOXELS = 4
 #: R1 (1/s) added to enhancing tissue on a post-contrast (T1Gd) image.
 GD_R1 = 2.0
 #: Contrasts simulated per subject (T1Gd only where the anatomy has enhancing tissue).
@@ -140,13 +148,17 @@ def _diag_gmm(x: np.ndarray, resp: np.ndarray, iters: int = 25) -> np.ndarray:
 
 
 def real_fractions(volumes: dict[str, np.ndarray], mask: np.ndarray,
-                   labels: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                   labels: dict[str, np.ndarray] | None = None,
+                   flair: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Tissue fractions of a real case from its normalised co-registered contrasts.
 
     Args:
         volumes: contrast → ``(D, H, W)`` normalised volume (needs ``T1w``).
         mask: brain mask.
         labels: optional pathology masks, ``lesion`` / ``necrosis`` / ``enhancing`` → bool.
+        flair: the FLAIR before normalisation, ``(D, H, W)`` (default: ``volumes["FLAIR"]``).
+            Lesions are found by their ratio to white matter, which the percentile
+            normalisation (an offset, and a clip at the 99.5th percentile) does not keep.
     """
     from rtfsyn.prior import PRIOR_TISSUES, tissue_posteriors
 
@@ -167,13 +179,11 @@ def real_fractions(volumes: dict[str, np.ndarray], mask: np.ndarray,
         for k, v in given.items():
             patho[k][v] = 1.0
     elif "FLAIR" in volumes:
-        flair = volumes["FLAIR"][mask]
-        gm = healthy["GM"] > 0.5
-        if gm.sum() > 10:
-            thr = flair[gm].mean() + 3.0 * flair[gm].std()
-            abnormal = (flair > thr) & (healthy["CSF"] < 0.5)
+        raw = volumes["FLAIR"] if flair is None else np.asarray(flair, np.float32)
+        abnormal = flair_hyperintensities(raw, mask, t1_post)
+        if abnormal is not None:
             patho["lesion"][abnormal] = 1.0
-            _split_tumour(volumes, mask, healthy, patho, abnormal)
+            _split_tumour(volumes, mask, healthy, patho, abnormal, t1_post[0][mask] > 0.5)
     abnormal = sum(patho.values())
     abnormal = np.minimum(abnormal, 1.0)
     out = {}
@@ -185,12 +195,46 @@ def real_fractions(volumes: dict[str, np.ndarray], mask: np.ndarray,
     return out
 
 
+def flair_hyperintensities(flair: np.ndarray, mask: np.ndarray,
+                           t1_post: np.ndarray) -> np.ndarray | None:
+    """FLAIR lesions (oedema, MS lesions) of a case without labels, as a bool over ``mask``.
+
+    A voxel is abnormal when its FLAIR exceeds :data:`LESION_FLAIR_RATIO` times the median of
+    white matter and the grey-matter ratio plus :data:`LESION_FLAIR_MARGIN` (normal cortex is
+    brighter than WM on some FLAIRs; CSF is dark on FLAIR, while oedema, dark on T1w and
+    bright on T2w, looks like CSF on those two), lies inside the mask eroded by one voxel
+    (brain-mask rims are bright on unstripped heads) and belongs to a connected group of at
+    least :data:`LESION_MIN_VOXELS`. White and grey matter are the T1w classes
+    ``t1_post`` ``(3, D, H, W)`` (CSF, GM, WM); the FLAIR is the raw one (ratios). Returns None
+    when there is too little white matter to measure.
+    """
+    from scipy import ndimage
+
+    wm = (t1_post[2] > 0.5) & mask
+    gm = (t1_post[1] > 0.5) & mask
+    if wm.sum() <= 10 or gm.sum() <= 10:
+        return None
+    w = float(np.median(flair[wm]))
+    if w <= 0:
+        return None
+    gm_ratio = float(np.median(flair[gm])) / w
+    threshold = max(LESION_FLAIR_RATIO, gm_ratio + LESION_FLAIR_MARGIN) * w
+    inner = ndimage.binary_erosion(mask)
+    cand = inner & (flair > threshold)
+    lab, n = ndimage.label(cand)
+    if n:
+        sizes = ndimage.sum(cand, lab, index=np.arange(1, n + 1))
+        cand = np.isin(lab, np.flatnonzero(sizes >= LESION_MIN_VOXELS) + 1)
+    return cand[mask]
+
+
 def _split_tumour(volumes: dict[str, np.ndarray], mask: np.ndarray,
                   healthy: dict[str, np.ndarray], patho: dict[str, np.ndarray],
-                  abnormal: np.ndarray) -> None:
+                  abnormal: np.ndarray, t1_csf: np.ndarray) -> None:
     """Without labels: in and around the FLAIR-abnormal region, voxels that enhance strongly
     on T1Gd (T1Gd − T1w > 4 SD of that difference in WM) become ``enhancing``, and abnormal
-    voxels dark as CSF on the T1w become ``necrosis`` (in place)."""
+    voxels dark as CSF on the T1w (``t1_csf``: the T1w-only class, since the multi-contrast
+    CSF class takes in oedema, dark on T1w and bright on T2w) become ``necrosis`` (in place)."""
     from scipy import ndimage
 
     if not abnormal.any():
@@ -213,7 +257,7 @@ def _split_tumour(volumes: dict[str, np.ndarray], mask: np.ndarray,
             enh = vol[mask]
             patho["enhancing"][enh] = 1.0
             patho["lesion"][enh] = 0.0
-    necrosis = abnormal & (healthy["CSF"] > 0.4) & (patho["enhancing"] == 0)
+    necrosis = abnormal & t1_csf & (patho["enhancing"] == 0)
     patho["necrosis"][necrosis] = 1.0
     patho["lesion"][necrosis] = 0.0
 
@@ -274,7 +318,8 @@ def real_anatomy(case: Any, spacing: float | None = None) -> Anatomy | None:
         if lesion is not None:
             labels = {"lesion": on_grid(lesion) > 0}
     volumes = {c: robust_normalize(v, mask)[0] for c, v in data.items()}
-    fractions = real_fractions(volumes, mask, {k: v & mask for k, v in labels.items()} or None)
+    fractions = real_fractions(volumes, mask, {k: v & mask for k, v in labels.items()} or None,
+                               flair=data.get("FLAIR"))
     return Anatomy(case.subject, fractions, mask,
                    tuple(round(s, 4) for s in io.spacing_of(ref)))  # type: ignore[arg-type]
 
