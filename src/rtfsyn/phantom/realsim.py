@@ -74,12 +74,11 @@ EXTRA_TISSUES: dict[float, dict[str, TissueParams]] = {
 }
 #: Per-subject spread of the ``lesion`` class (oedema, MS lesion, non-enhancing tumour) on top
 #: of the jitter: its T1 and T2 are multiplied by factors drawn uniformly from these ranges.
-#: Water content varies widely between such lesions; with the nominal value alone a simulated
-#: glioma's FLAIR lesion reached 1.3 x white matter where the real FLAIR of the same case
-#: (BraTS-GLI-00001) shows 2.2 x and BraTS-MET-00110's 1.65 x (3 T, TE 107 ms, TI 2.25 s:
-#: nominal 1.58 x; with the spread 1.4-3.1 x, median 2.1, by the signal equation; ratios
-#: measured on the images, with lesion and WM regions estimated from them, come out lower).
-#: See MODEL_CARD.md, stage 9.
+#: Water content varies widely between such lesions. By the signal equation (3 T, TE 107 ms,
+#: TI 2.25 s) the nominal lesion is 1.58 x white matter on FLAIR, with the spread 1.4-3.1 x
+#: (median 2.1); the real FLAIRs of the training cases show 2.2 x (BraTS-GLI-00001) and
+#: 1.65 x (BraTS-MET-00110). (Stage 9 of MODEL_CARD.md read 1.3 x off a simulation of
+#: GLI-00001 that had no lesion at all: the bug :func:`flair_hyperintensities` fixed.)
 LESION_SPREAD: dict[str, tuple[float, float]] = {"t1": (0.75, 1.0), "t2": (1.0, 1.8)}
 #: FLAIR lesions of a case without labels (:func:`flair_hyperintensities`): at least this many
 #: times the white-matter median, and the grey-matter ratio plus this margin. On the training
@@ -201,12 +200,12 @@ def flair_hyperintensities(flair: np.ndarray, mask: np.ndarray,
 
     A voxel is abnormal when its FLAIR exceeds :data:`LESION_FLAIR_RATIO` times the median of
     white matter and the grey-matter ratio plus :data:`LESION_FLAIR_MARGIN` (normal cortex is
-    brighter than WM on some FLAIRs; CSF is dark on FLAIR, while oedema, dark on T1w and
-    bright on T2w, looks like CSF on those two), lies inside the mask eroded by one voxel
+    brighter than WM on some FLAIRs), lies inside the mask eroded by one voxel
     (brain-mask rims are bright on unstripped heads) and belongs to a connected group of at
-    least :data:`LESION_MIN_VOXELS`. White and grey matter are the T1w classes
-    ``t1_post`` ``(3, D, H, W)`` (CSF, GM, WM); the FLAIR is the raw one (ratios). Returns None
-    when there is too little white matter to measure.
+    least :data:`LESION_MIN_VOXELS`. No CSF test: CSF is dark on FLAIR, and a CSF class that
+    also sees the T1w and T2w takes in oedema (dark on T1w, bright on T2w). White and grey
+    matter are the T1w classes ``t1_post`` ``(3, D, H, W)`` (CSF, GM, WM); the FLAIR is the
+    raw one (ratios). Returns None when there is too little GM or WM to measure.
     """
     from scipy import ndimage
 
