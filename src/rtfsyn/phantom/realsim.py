@@ -219,12 +219,19 @@ def flair_hyperintensities(flair: np.ndarray, mask: np.ndarray,
     gm_ratio = float(np.median(flair[gm])) / w
     threshold = max(LESION_FLAIR_RATIO, gm_ratio + LESION_FLAIR_MARGIN) * w
     inner = ndimage.binary_erosion(mask)
-    cand = inner & (flair > threshold)
-    lab, n = ndimage.label(cand)
-    if n:
-        sizes = ndimage.sum(cand, lab, index=np.arange(1, n + 1))
-        cand = np.isin(lab, np.flatnonzero(sizes >= LESION_MIN_VOXELS) + 1)
-    return cand[mask]
+    return _drop_specks(inner & (flair > threshold), LESION_MIN_VOXELS)[mask]
+
+
+def _drop_specks(vol: np.ndarray, min_voxels: int) -> np.ndarray:
+    """``vol`` (bool, ``(D, H, W)``) without its connected groups of fewer than
+    ``min_voxels`` voxels."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(vol)
+    if not n:
+        return vol
+    sizes = ndimage.sum(vol, lab, index=np.arange(1, n + 1))
+    return np.isin(lab, np.flatnonzero(sizes >= min_voxels) + 1)
 
 
 def _split_tumour(volumes: dict[str, np.ndarray], mask: np.ndarray,
@@ -246,14 +253,9 @@ def _split_tumour(volumes: dict[str, np.ndarray], mask: np.ndarray,
         wm = healthy["WM"] > 0.5
         if wm.sum() > 10:
             enh = near & (diff > diff[wm].mean() + 4.0 * diff[wm].std())
-            # drop specks (noise): keep connected groups of at least 8 voxels
             vol = np.zeros(mask.shape, bool)
             vol[mask] = enh
-            lab, n = ndimage.label(vol)
-            if n:
-                sizes = ndimage.sum(vol, lab, index=np.arange(1, n + 1))
-                vol = np.isin(lab, np.flatnonzero(sizes >= 8) + 1)
-            enh = vol[mask]
+            enh = _drop_specks(vol, 8)[mask]  # noise
             patho["enhancing"][enh] = 1.0
             patho["lesion"][enh] = 0.0
     necrosis = abnormal & t1_csf & (patho["enhancing"] == 0)
