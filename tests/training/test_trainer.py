@@ -124,6 +124,23 @@ def test_case_weights_reach_the_sampler(tiny_bids, tmp_path) -> None:
               progress=False, device="cpu")
 
 
+def test_sorted_weight_reaches_the_loss(tiny_bids, tmp_path, monkeypatch) -> None:
+    seen = []
+    orig = trainer_mod.synthesis_loss
+
+    def recording(*args, **kwargs):
+        loss, parts = orig(*args, **kwargs)
+        seen.append(parts)
+        return loss, parts
+
+    monkeypatch.setattr(trainer_mod, "synthesis_loss", recording)
+    train([tiny_bids], tiny_config(sorted_weight=0.5, max_steps=2, val_every=100),
+          tmp_path / "run", progress=False, device="cpu")
+    assert len(seen) == 2 and all(p["sorted"] > 0 for p in seen)
+    with pytest.raises(ValueError, match="sorted_weight"):
+        tiny_config(sorted_weight=-1.0)
+
+
 def _ddp_command(data: Path, tmp_path: Path, script: list[str], port: int, out: str
                  ) -> list[str]:
     cfg = tmp_path / "cfg.yaml"

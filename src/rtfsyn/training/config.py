@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     ssim_weight: float = Field(1.0, ge=0)
+    sorted_weight: float = Field(
+        0.0, ge=0, description="weight of the sorted-intensity L1 (the patch's intensity "
+        "distribution against the target's; rtfsyn.training.losses.masked_sorted_l1)")
     downscale_prob: float = Field(0.3, ge=0, le=1)
     max_downscale: float = Field(2.0, ge=1, le=8)
     fill_target_metadata: bool = Field(

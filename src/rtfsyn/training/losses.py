@@ -1,4 +1,5 @@
-"""Training loss: L1 + (1 − SSIM), both restricted to the brain region of the patch."""
+"""Training loss: L1 + (1 − SSIM), both restricted to the brain region of the patch, and
+optionally a distribution term (:func:`masked_sorted_l1`) against contrast compression."""
 
 from __future__ import annotations
 
@@ -6,13 +7,37 @@ import torch
 
 from rtfsyn.models._common import axis_conv3d
 
-__all__ = ["masked_l1", "masked_ssim", "ssim_map", "synthesis_loss"]
+__all__ = ["masked_l1", "masked_sorted_l1", "masked_ssim", "ssim_map", "synthesis_loss"]
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean |pred − target| over mask voxels. Shapes ``(B, 1, D, H, W)``."""
     w = mask.to(pred.dtype)
     return (torch.abs(pred - target) * w).sum() / w.sum().clamp_min(1.0)
+
+
+def masked_sorted_l1(pred: torch.Tensor, target: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """Mean |sort(pred) − sort(target)| over each patch's mask voxels, averaged over patches
+    with at least one such voxel: the 1-D Wasserstein-1 distance between the two intensity
+    distributions of a patch. Shapes ``(B, 1, D, H, W)``.
+
+    It ignores where a value sits, only which values occur, so it is zero for any rearrangement
+    of the target and never above :func:`masked_l1` of the same patch. L1 alone lets a model
+    that is unsure pull its output towards the middle (an L1 optimum is a conditional median),
+    which narrows the output's range; the 0.5–99.5 percentile normalisation of every reported
+    metric then shifts the whole brain's level (stage 11 of MODEL_CARD.md: the demo PDw). This
+    term costs exactly that narrowing.
+    """
+    terms = []
+    for p, t, m in zip(pred, target, mask, strict=True):
+        keep = m > 0.5
+        if keep.any():
+            terms.append(torch.abs(torch.sort(p[keep]).values - torch.sort(t[keep]).values)
+                         .mean())
+    if not terms:
+        return pred.sum() * 0.0
+    return torch.stack(terms).mean()
 
 
 def masked_ssim(
@@ -56,9 +81,11 @@ def ssim_map(
 
 
 def synthesis_loss(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ssim_weight: float = 1.0
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ssim_weight: float = 1.0,
+    sorted_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``L1 + w·(1 − SSIM)`` in the brain; returns the loss and its parts for logging."""
+    """``L1 + w·(1 − SSIM) + v·sorted L1`` in the brain; returns the loss and its parts for
+    logging (``sorted`` only when ``v > 0``)."""
     l1 = masked_l1(pred, target, mask)
     loss = l1
     parts = {"l1": float(l1.detach())}
@@ -66,5 +93,9 @@ def synthesis_loss(
         ssim = masked_ssim(pred, target, mask)
         loss = loss + ssim_weight * (1.0 - ssim)
         parts["ssim"] = float(ssim.detach())
+    if sorted_weight > 0:
+        dist = masked_sorted_l1(pred, target, mask)
+        loss = loss + sorted_weight * dist
+        parts["sorted"] = float(dist.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts

@@ -567,7 +567,7 @@ def _train_step(run: _Run, batch: dict[str, Any]) -> dict[str, float]:
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16,
                         enabled=cfg.amp and dev.type == "cuda"):
         pred = run.net(src, src_meta, batch["target_meta"], out_shape=tuple(tgt.shape[2:]))
-    loss, parts = synthesis_loss(pred.float(), tgt, msk, cfg.ssim_weight)
+    loss, parts = synthesis_loss(pred.float(), tgt, msk, cfg.ssim_weight, cfg.sorted_weight)
     _check_finite(run, parts["loss"], "loss")
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
