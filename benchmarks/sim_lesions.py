@@ -2,11 +2,13 @@
 
 * ``--real DIR …`` (co-registered real cases, any layout :func:`rtfsyn.data.load_cases` reads):
   the brain fraction of each pathology class (lesion, necrosis, enhancing) in the anatomy
-  :func:`rtfsyn.phantom.realsim.real_anatomy` derives, at ``--spacing``. Cases that are not
+  :func:`rtfsyn.phantom.realsim.real_anatomy` derives, at ``--spacing``, and the median of
+  its lesion class over the median of its white matter on the case's T1w, T2w and FLAIR
+  (voxels with a lesion fraction > 0.5 and a WM fraction > 0.8). Cases that are not
   co-registered (no anatomy) are listed as such.
 * ``--simulated DIR`` (a folder written by ``rtfsyn simulate``): per subject, the voxel count of
   each pathology class in its label map and the median FLAIR of that class over the median
-  FLAIR of white matter.
+  FLAIR of white matter; for the lesion class also its T1w and T2w over white matter's.
 
 Usage::
 
@@ -25,9 +27,17 @@ import numpy as np
 from _common import REPO, command_line, machine
 
 PATHOLOGY = ("lesion", "necrosis", "enhancing")
+RATIO_CONTRASTS = ("T1w", "T2w", "FLAIR")
+
+
+def _ratio(image: np.ndarray, lesion: np.ndarray, wm: np.ndarray) -> float | None:
+    if not lesion.any() or not wm.any():
+        return None
+    return round(float(np.median(image[lesion])) / float(np.median(image[wm])), 2)
 
 
 def real_rows(folder: Path, spacing: float | None) -> list[dict[str, Any]]:
+    from rtfsyn import io
     from rtfsyn.data import load_cases
     from rtfsyn.phantom.realsim import real_anatomy
 
@@ -40,6 +50,17 @@ def real_rows(folder: Path, spacing: float | None) -> list[dict[str, Any]]:
         else:
             row.update({t: round(float(anat.fractions[t][anat.mask].mean()), 4)
                         for t in PATHOLOGY})
+            lesion = (anat.fractions["lesion"] > 0.5) & anat.mask
+            wm = (anat.fractions["WM"] > 0.8) & anat.mask
+            ref = io.to_canonical(io.load_nifti(case.images["T1w"]))
+            if spacing is not None:
+                ref = io.resample_to_spacing(ref, spacing)
+            for c in RATIO_CONTRASTS:
+                if c in case.images:
+                    img = io.resample_to_reference(io.to_canonical(io.load_nifti(
+                        case.images[c])), ref)
+                    row[f"lesion_{c}_over_wm"] = _ratio(
+                        np.asarray(img.dataobj, np.float32), lesion, wm)
         rows.append(row)
     return rows
 
@@ -63,8 +84,19 @@ def simulated_rows(folder: Path) -> list[dict[str, Any]]:
             row[f"{t}_voxels"] = int(sel.sum())
             row[f"{t}_flair_over_wm"] = round(float(np.median(flair[sel])) / wm, 2) \
                 if sel.any() else None
+        sel = labels == SIM_TISSUES.index("lesion") + 1
+        wm_sel = labels == SIM_TISSUES.index("WM") + 1
+        for c in ("T1w", "T2w"):
+            if c in case.images:
+                image = np.asarray(nib.load(str(case.images[c])).dataobj, dtype=np.float32)
+                row[f"lesion_{c}_over_wm"] = _ratio(image, sel, wm_sel)
         rows.append(row)
     return rows
+
+
+def _ratios(row: dict[str, Any], contrasts: tuple[str, ...]) -> str:
+    vals = [row.get(f"lesion_{c}_over_wm") for c in contrasts]
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in vals)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,20 +120,23 @@ def main(argv: list[str] | None = None) -> int:
         out["real"] = rows = [r for folder in args.real for r in real_rows(folder, args.spacing)]
         md += [f"Brain fraction of each pathology class in the anatomy `real_anatomy` derives "
                f"(spacing {args.spacing or 'native'} mm):", "",
-               "| case | lesion | necrosis | enhancing |", "|---|---|---|---|"]
+               "| case | lesion | necrosis | enhancing | lesion / WM on T1w / T2w / FLAIR |",
+               "|---|---|---|---|---|"]
         md += [f"| {r['case']} | " + (" | ".join(f"{r[t]:.4f}" for t in PATHOLOGY)
-                                      if "lesion" in r else f"{r['anatomy']} | | ") + " |"
+                                      + f" | {_ratios(r, RATIO_CONTRASTS)}"
+                                      if "lesion" in r else f"{r['anatomy']} | | | ") + " |"
                for r in rows]
         md.append("")
     if args.simulated is not None:
         out["simulated"] = rows = simulated_rows(args.simulated)
         md += [f"`{args.simulated}`: voxels of each pathology class, and its median FLAIR over "
-               "white matter's:", "",
-               "| subject | lesion | necrosis | enhancing |", "|---|---|---|---|"]
+               "white matter's; the lesion class on T1w / T2w over white matter's:", "",
+               "| subject | lesion | necrosis | enhancing | lesion / WM on T1w / T2w |",
+               "|---|---|---|---|---|"]
         md += [f"| {r['case']} | " + " | ".join(
             f"{r[f'{t}_voxels']} ({r[f'{t}_flair_over_wm']:.2f}×)"
-            if r[f"{t}_flair_over_wm"] is not None else "0" for t in PATHOLOGY) + " |"
-            for r in rows]
+            if r[f"{t}_flair_over_wm"] is not None else "0" for t in PATHOLOGY)
+            + f" | {_ratios(r, ('T1w', 'T2w'))} |" for r in rows]
     out["seconds"] = round(time.perf_counter() - t0, 1)
     from real_scans import _write
 

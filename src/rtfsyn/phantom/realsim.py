@@ -25,9 +25,9 @@ Tissue values: :data:`rtfsyn.phantom.physics.TISSUE_PARAMS` for CSF / GM / WM / 
 (oedema, MS lesion) plus :data:`EXTRA_TISSUES` (necrosis: long, fluid-like T1 and T2;
 enhancing tumour: T1 and T2 between oedema and necrosis, and on T1Gd its R1 raised by
 :data:`GD_R1` — r1 ≈ 4 /mM/s × ≈ 0.5 mM of gadolinium), with per-subject jitter as in the
-phantom cohort, and a wider per-subject spread of the lesion's T1 and T2
-(:data:`LESION_SPREAD`). It is a simulator: results on it are labelled as such, and real paired
-volumes stay the ground truth of every reported number.
+phantom cohort, and a per-subject severity of the lesion between white matter and the
+nominal lesion (:data:`LESION_SEVERITY`). It is a simulator: results on it are labelled as
+such, and real paired volumes stay the ground truth of every reported number.
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ from rtfsyn.phantom.scanner import Protocol, Site, bias_field, thick_slice_acqui
 __all__ = [
     "EXTRA_TISSUES",
     "GD_R1",
-    "LESION_SPREAD",
+    "LESION_SEVERITY",
     "SIM_TISSUES",
     "Anatomy",
     "Session",
     "draw_session",
+    "lesion_at_severity",
     "phantom_anatomy",
     "real_anatomy",
     "real_fractions",
@@ -72,14 +73,19 @@ EXTRA_TISSUES: dict[float, dict[str, TissueParams]] = {
     3.0: {"necrosis": TissueParams(t1=3.000, t2=0.450, t2s=0.200, pd=0.95),
           "enhancing": TissueParams(t1=1.600, t2=0.110, t2s=0.070, pd=0.85)},
 }
-#: Per-subject spread of the ``lesion`` class (oedema, MS lesion, non-enhancing tumour) on top
-#: of the jitter: its T1 and T2 are multiplied by factors drawn uniformly from these ranges.
-#: Water content varies widely between such lesions. By the signal equation (3 T, TE 107 ms,
-#: TI 2.25 s) the nominal lesion is 1.58 x white matter on FLAIR, with the spread 1.4-3.1 x
-#: (median 2.1); the real FLAIRs of the training cases show 2.2 x (BraTS-GLI-00001) and
-#: 1.65 x (BraTS-MET-00110). (Stage 9 of MODEL_CARD.md read 1.3 x off a simulation of
-#: GLI-00001 that had no lesion at all: the bug :func:`flair_hyperintensities` fixed.)
-LESION_SPREAD: dict[str, tuple[float, float]] = {"t1": (0.75, 1.0), "t2": (1.0, 1.8)}
+#: Per-subject severity of the ``lesion`` class (oedema, MS lesion, non-enhancing tumour),
+#: drawn uniformly from these ranges, one for T1 and one for T2 (T2* and PD follow T2): the
+#: lesion's T1 is WM × (nominal lesion / WM) ** s_t1, its T2 and T2* likewise with s_t2, its PD
+#: WM + s_t2 × (lesion − WM) (s = 1: the nominal lesion of
+#: :data:`rtfsyn.phantom.physics.TISSUE_PARAMS`, T1 2× and T2 2.3–2.5× WM, at the severe end).
+#: The lesion class of the real tumour cases is 1.7–2.0× WM on T2w, 1.6–2.1× on FLAIR and
+#: 0.8–1.03× on T1w (``benchmarks/sim_lesions.py --real``, results/sim_lesions_v3.md): its T2
+#: is prolonged much more than its T1. With these ranges the lesions of the simulations of
+#: those anatomies are 0.73–1.28× WM on T1w, 1.3–2.6× on T2w and 1.15–2.3× on FLAIR (same
+#: table). They replace stage 9's
+#: ``LESION_SPREAD`` (T1 × 0.75–1, T2 × 1–1.8 on the nominal lesion), whose simulations of the
+#: BraTS anatomies put their lesions at 2.8–3.7× WM on T2w.
+LESION_SEVERITY: dict[str, tuple[float, float]] = {"t1": (0.35, 1.0), "t2": (0.4, 1.0)}
 #: FLAIR lesions of a case without labels (:func:`flair_hyperintensities`): at least this many
 #: times the white-matter median, and the grey-matter ratio plus this margin. On the training
 #: cases the cortex reaches 0.8-1.2 x WM and the brightest 0.5 % of the brain 1.4-2.4 x WM.
@@ -350,7 +356,8 @@ def phantom_anatomy(index: int, seed: int, spacing: float = 1.0,
 def subject_tissues(field_strength: float, rng: np.random.Generator,
                     jitter: tuple[float, float] = (0.06, 0.03)) -> dict[str, TissueParams]:
     """Nominal tissue values at the field (1.5–3 T interpolated) with per-subject jitter;
-    the lesion class also gets the wider spread of :data:`LESION_SPREAD`."""
+    the lesion class lies between the subject's WM and its nominal lesion, at a severity
+    drawn from :data:`LESION_SEVERITY`."""
     nominal = dict(tissue_params(field_strength))
     w = min(max((field_strength - 1.5) / 1.5, 0.0), 1.0)
     for name in ("necrosis", "enhancing"):
@@ -362,9 +369,22 @@ def subject_tissues(field_strength: float, rng: np.random.Generator,
     for name in SIM_TISSUES:
         f = 1.0 + shared + rng.uniform(-jitter[1], jitter[1], 4)
         out[name] = nominal[name].scaled(*(float(v) for v in f))
-    t1_f, t2_f = (float(rng.uniform(*LESION_SPREAD[k])) for k in ("t1", "t2"))
-    out["lesion"] = out["lesion"].scaled(t1=t1_f, t2=t2_f, t2s=t2_f)
+    s_t1, s_t2 = (float(rng.uniform(*LESION_SEVERITY[k])) for k in ("t1", "t2"))
+    out["lesion"] = lesion_at_severity(out["WM"], out["lesion"], s_t1, s_t2)
     return out
+
+
+def lesion_at_severity(wm: TissueParams, lesion: TissueParams, s_t1: float,
+                       s_t2: float) -> TissueParams:
+    """A lesion between white matter (severity 0) and ``lesion`` (1): T1 at ``s_t1``, T2, T2*
+    and PD at ``s_t2``; relaxation times interpolated geometrically, PD linearly."""
+    for name, s in (("s_t1", s_t1), ("s_t2", s_t2)):
+        if not 0.0 <= s <= 1.0:
+            raise ValueError(f"lesion severity {name} = {s} is outside [0, 1]")
+    return TissueParams(t1=wm.t1 * (lesion.t1 / wm.t1) ** s_t1,
+                        t2=wm.t2 * (lesion.t2 / wm.t2) ** s_t2,
+                        t2s=wm.t2s * (lesion.t2s / wm.t2s) ** s_t2,
+                        pd=wm.pd + s_t2 * (lesion.pd - wm.pd))
 
 
 def draw_session(rng: np.random.Generator, contrasts: Sequence[str] = SIM_CONTRASTS) -> Session:
