@@ -83,7 +83,7 @@ def csf_wm_ratio(model_path: Path, labels: np.ndarray, te: float) -> float:
     "not met without the physics prior: after 60 steps the tiny model's CSF/WM ratio is flat "
     "in TE (26.19 at 50 ms, 26.46 at 150 ms; truth 1.8 -> 6.5); with the prior channel it is "
     "met (next test); "
-    "the bundled model's T2w CSF/WM even falls with TE (1.178 -> 1.146, 20 -> 200 ms). "
+    "the first bundled model's T2w CSF/WM even fell with TE (1.178 -> 1.146, 20 -> 200 ms). "
     "strict: this test fails as soon as a model meets it, so the marker must then go"))
 def test_t2w_csf_wm_ratio_rises_with_echo_time(tmp_path) -> None:
     torch.set_num_threads(2)
