@@ -77,19 +77,17 @@ def simulated_rows(folder: Path) -> list[dict[str, Any]]:
             continue
         labels = np.asarray(nib.load(str(case.labels)).dataobj)
         flair = np.asarray(nib.load(str(case.images["FLAIR"])).dataobj, dtype=np.float32)
-        wm = float(np.median(flair[labels == SIM_TISSUES.index("WM") + 1]))
+        wm = labels == SIM_TISSUES.index("WM") + 1
         row: dict[str, Any] = {"case": case.subject}
         for t in PATHOLOGY:
             sel = labels == SIM_TISSUES.index(t) + 1
             row[f"{t}_voxels"] = int(sel.sum())
-            row[f"{t}_flair_over_wm"] = round(float(np.median(flair[sel])) / wm, 2) \
-                if sel.any() else None
-        sel = labels == SIM_TISSUES.index("lesion") + 1
-        wm_sel = labels == SIM_TISSUES.index("WM") + 1
+            row[f"{t}_flair_over_wm"] = _ratio(flair, sel, wm)
+        lesion = labels == SIM_TISSUES.index("lesion") + 1
         for c in ("T1w", "T2w"):
             if c in case.images:
                 image = np.asarray(nib.load(str(case.images[c])).dataobj, dtype=np.float32)
-                row[f"lesion_{c}_over_wm"] = _ratio(image, sel, wm_sel)
+                row[f"lesion_{c}_over_wm"] = _ratio(image, lesion, wm)
         rows.append(row)
     return rows
 

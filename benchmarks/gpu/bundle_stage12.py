@@ -3,12 +3,10 @@ model card naming every stage. From the repository root: python benchmarks/gpu/b
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from rtfsyn.checkpoint import load_checkpoint, save_checkpoint
 from rtfsyn.inference import default_model_path
-from rtfsyn.io import atomic_write
 
 src = Path("benchmarks/results/candidates/v1cont-cpu-stage12a.safetensors")
 weights, info = load_checkpoint(src)
@@ -18,8 +16,6 @@ stages = ["v1 (2 200 CPU steps, phantom + 3 BraTS + MNI152)", "7b (2 888 x 32, G
 card = {"summary": "cpu-small, the v1 phantom model continued on real cases, real-anatomy "
         "simulations and phantoms (stages 7b-12a, MODEL_CARD.md); not for clinical use",
         "stages": stages, "model_card": "MODEL_CARD.md"}
-tmp = Path("/tmp/rtfsyn-default.safetensors")
-save_checkpoint(tmp, weights, info.config, step=info.step, info={**info.info, "card": card})
-dest = default_model_path()
-atomic_write(dest, lambda t: shutil.copyfile(tmp, t))
+dest = save_checkpoint(default_model_path(), weights, info.config, step=info.step,
+                       info={**info.info, "card": card})  # atomic: temporary file, rename
 print("bundled", dest)
