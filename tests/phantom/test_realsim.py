@@ -124,11 +124,31 @@ def test_sampled_protocols_are_continuous_and_inside_their_ranges():
     lo, hi = RANGES["T2w"][0][2]["te"]
     assert all(lo <= te <= hi for te in tes)
     flair = [sample_protocol("FLAIR", rng, 3.0) for _ in range(20)]
-    assert all(1.9 < p.ti < 2.9 and p.family == "IR" for p in flair)
+    assert all(1.4 < p.ti < 3.2 and p.family == "IR" for p in flair)
     t1 = {sample_protocol("T1w", rng).family for _ in range(40)}
     assert t1 == {"MPRAGE", "GRE", "SE"}
     for p in (sample_protocol("T1w", rng, family="MPRAGE") for _ in range(10)):
         assert p.signal(subject_tissues(3.0, rng)["WM"]) > 0  # MPRAGE timing always fits
+
+
+def test_sampled_protocols_show_how_te_and_ti_move_csf():
+    """The drawn FLAIRs include CSF well above and at its null point, and the drawn T2w TEs
+    span the TE sweep of real_scans.py (60-120 ms); with TI held within 8 % of the null point
+    every simulated FLAIR had nulled CSF, so TI could not be learnt."""
+    from rtfsyn.phantom.physics import inversion_recovery, tissue_params
+
+    rng = np.random.default_rng(1)
+    tp = tissue_params(3.0)
+
+    def csf_wm(p):
+        sig = {t: abs(float(inversion_recovery(tp[t].pd, tp[t].t1, tp[t].t2, p.tr, p.te, p.ti)))
+               for t in ("CSF", "WM")}
+        return sig["CSF"] / sig["WM"]
+
+    ratios = np.array([csf_wm(sample_protocol("FLAIR", rng, 3.0)) for _ in range(200)])
+    assert (ratios > 0.5).mean() > 0.1 and (ratios < 0.1).mean() > 0.1
+    tes = np.array([sample_protocol("T2w", rng).te for _ in range(200)])
+    assert tes.min() < 0.065 and tes.max() > 0.12
 
 
 def test_lesion_severity_covers_the_contrast_of_real_lesions_and_no_more():
