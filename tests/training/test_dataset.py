@@ -284,3 +284,24 @@ def test_fill_targets_gives_bare_targets_the_typical_protocol(tiny_bids) -> None
     # fields a case has are never replaced
     given = plain.target_meta(s, "T1w", "FLAIR").model_dump(exclude_none=True)
     assert filled.target_meta(s, "T1w", "FLAIR").model_dump(include=set(given)) == given
+
+
+def test_source_meta_drop_cuts_the_source_metadata_only(tiny_bids) -> None:
+    subjects = load_subjects(load_cases(tiny_bids), spacing=2.0, progress=False)
+    plain = PatchDataset(subjects, 8, 16, seed=5)
+    off = PatchDataset(subjects, 8, 16, seed=5, source_meta_drop=0.0)
+    bare = PatchDataset(subjects, 8, 16, seed=5, source_meta_drop=1.0)
+    half = PatchDataset(subjects, 8, 64, seed=5, source_meta_drop=0.5)
+    for i in range(8):
+        a, c = plain[i], bare[i]
+        assert plain.sample_spec(i) == off.sample_spec(i)  # disabled: the same samples
+        assert a["source_meta"].repetition_time is not None  # the tiny data have sidecars
+        # drawn last: same patch, target and target metadata
+        assert torch.equal(a["source"], c["source"]) and torch.equal(a["target"], c["target"])
+        assert c["target_meta"] == a["target_meta"]
+        assert c["source_meta"].model_dump(exclude_none=True) == {
+            "contrast": a["source_meta"].contrast, "voxel_size": a["source_meta"].voxel_size}
+    drawn = sum(half.sample_spec(i).bare_source for i in range(64))
+    assert 16 <= drawn <= 48
+    with pytest.raises(ValueError, match="source_meta_drop"):
+        PatchDataset(subjects, 8, 16, source_meta_drop=1.5)

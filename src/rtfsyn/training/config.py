@@ -47,6 +47,10 @@ class TrainConfig(BaseModel):
     source_augment: float = Field(
         0.0, ge=0, le=1, description="probability of a random intensity augmentation (gamma, "
         "bias field, histogram warp) of a sample's source patch (rtfsyn.training.augment)")
+    source_meta_drop: float = Field(
+        0.0, ge=0, le=1, description="probability that a sample's source metadata is cut to "
+        "its contrast and voxel size, as a real scan without a sidecar gives it, so that a "
+        "bare source does not mark a sample as one whose target protocol is the typical one")
     out_grids: bool = Field(
         False, description="random output grids (own / training / k-times finer) so that the "
         "target spacing and output-grid factor of inference lie in the training distribution")

@@ -174,6 +174,15 @@ def fill_target(target: Metadata, source: Metadata) -> Metadata:
     return fill_missing(target, None, fallback_field=source.field_strength).metadata
 
 
+def bare_metadata(meta: Metadata) -> Metadata:
+    """``meta`` cut to its contrast and voxel size: what a scan without a sidecar carries."""
+    return Metadata(contrast=meta.contrast, voxel_size=meta.voxel_size)
+
+
+def _source_meta(meta: Metadata, bare: bool) -> Metadata:
+    return bare_metadata(meta) if bare else meta
+
+
 @dataclass(frozen=True)
 class PatchSpec:
     """Everything random about one training sample."""
@@ -183,6 +192,7 @@ class PatchSpec:
     target: str
     corner: tuple[int, int, int]
     augment: IntensityAugment | None = None  # source intensity augmentation, if drawn
+    bare_source: bool = False  # source metadata cut to contrast + voxel size
 
 
 @dataclass(frozen=True)
@@ -272,6 +282,9 @@ class PatchDataset(Dataset):
             order as ``subjects``) for :class:`GridSpec` levels ``k > 1``.
         weights: optional relative sampling weight of each subject (same order as
             ``subjects``, each > 0); default: every usable subject equally often.
+        source_meta_drop: probability that a sample's source metadata is cut to its
+            contrast and voxel size (:func:`bare_metadata`), as a real scan without a sidecar
+            gives it; the target metadata is untouched.
     """
 
     def __init__(
@@ -286,6 +299,7 @@ class PatchDataset(Dataset):
         source_augment: float = 0.0,
         fill_targets: bool = False,
         weights: Sequence[float] | None = None,
+        source_meta_drop: float = 0.0,
     ) -> None:
         if not subjects:
             raise DatasetError("no training subjects with at least two contrasts")
@@ -326,6 +340,9 @@ class PatchDataset(Dataset):
         self.physics_prior = bool(physics_prior)
         self.source_augment = float(source_augment)
         self.fill_targets = bool(fill_targets)
+        if not 0.0 <= source_meta_drop <= 1.0:
+            raise ValueError(f"source_meta_drop must be in [0, 1], got {source_meta_drop}")
+        self.source_meta_drop = float(source_meta_drop)
         self._priors: dict[tuple[int, int, str, str], np.ndarray] = {}
 
     @property
@@ -361,7 +378,9 @@ class PatchDataset(Dataset):
         augment = None
         if self.source_augment > 0 and rng.random() < self.source_augment:
             augment = sample_intensity_augment(rng)
-        return PatchSpec(si, source, target, corner, augment)  # type: ignore[arg-type]
+        # drawn last, and only when enabled: earlier recipes keep their exact samples
+        bare = bool(self.source_meta_drop > 0 and rng.random() < self.source_meta_drop)
+        return PatchSpec(si, source, target, corner, augment, bare)  # type: ignore[arg-type]
 
     def extract(self, spec: PatchSpec, grid: GridSpec | None = None) -> dict[str, object]:
         """Cut the patches described by ``spec`` (zero-padded at the volume border).
@@ -386,7 +405,7 @@ class PatchDataset(Dataset):
                 "source": torch.from_numpy(src if src.ndim == 4 else src[None]),
                 "target": torch.from_numpy(tgt)[None],
                 "mask": torch.from_numpy(mask)[None],
-                "source_meta": s.metadata(spec.source),
+                "source_meta": _source_meta(s.metadata(spec.source), spec.bare_source),
                 "target_meta": self.target_meta(s, spec.source, spec.target),
             }
         s = self.levels[grid.level][spec.subject]
@@ -408,7 +427,8 @@ class PatchDataset(Dataset):
             "source": src,
             "target": tgt[None],
             "mask": mask[None],
-            "source_meta": s.case.metadata[spec.source].with_updates(voxel_size=src_vox),
+            "source_meta": _source_meta(
+                s.case.metadata[spec.source].with_updates(voxel_size=src_vox), spec.bare_source),
             "target_meta": self.target_meta(s, spec.source, spec.target, tgt_vox),
         }
 

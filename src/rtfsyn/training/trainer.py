@@ -423,6 +423,7 @@ def _setup(
     dataset = PatchDataset(subjects, config.patch_size, config.samples_per_epoch, config.seed,
                            pairs=config.pairs, levels=levels,
                            source_augment=config.source_augment,
+                           source_meta_drop=config.source_meta_drop,
                            fill_targets=config.fill_target_metadata,
                            weights=case_sampling_weights(
                                [s.case.participant_id for s in subjects], config.case_weights))
