@@ -284,7 +284,8 @@ class PatchDataset(Dataset):
             ``subjects``, each > 0); default: every usable subject equally often.
         source_meta_drop: probability that a sample's source metadata is cut to its
             contrast and voxel size (:func:`bare_metadata`), as a real scan without a sidecar
-            gives it; the target metadata is untouched.
+            gives it; the target metadata (and a physics prior channel, computed once per
+            subject) keep the full metadata.
     """
 
     def __init__(
