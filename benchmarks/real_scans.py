@@ -239,6 +239,21 @@ def expected_ratio(target: str, setting_ms: float) -> float:
     return float(sig["CSF"] / sig["WM"])
 
 
+def sweep_settings() -> list[tuple[str, str, int, dict[str, Any]]]:
+    """``(target, knob, ms, request)`` of the sweep; the request's times in s."""
+    out = [("T2w", "TE", te, {"contrast": "T2w", "repetition_time": T2_TR_MS / 1e3,
+                              "echo_time": te / 1e3}) for te in T2_SWEEP_TE_MS]
+    out += [("FLAIR", "TI", ti, {"contrast": "FLAIR", "repetition_time": FLAIR_TR_MS / 1e3,
+                                 "echo_time": FLAIR_TE_MS / 1e3, "inversion_time": ti / 1e3})
+            for ti in FLAIR_SWEEP_TI_MS]
+    return out
+
+
+def csf_wm(image: np.ndarray, csf: np.ndarray, wm: np.ndarray) -> float:
+    """Mean intensity in ``csf`` over the mean in ``wm``."""
+    return float(image[csf].mean() / max(float(image[wm].mean()), 1e-6))
+
+
 def sweep(c: dict[str, Any], model: Any, spacing: float | None) -> list[dict[str, Any]]:
     """CSF/WM ratio of the model (and the prior) along TE (T2w) and TI (FLAIR).
 
@@ -263,13 +278,8 @@ def sweep(c: dict[str, Any], model: Any, spacing: float | None) -> list[dict[str
     classes = three_class_segmentation(t1, mask)
     csf, wm = classes == 1, classes == 3
     prior = prior_fn()
-    settings = [("T2w", "TE", te, {"contrast": "T2w", "repetition_time": T2_TR_MS / 1e3,
-                                   "echo_time": te / 1e3}) for te in T2_SWEEP_TE_MS]
-    settings += [("FLAIR", "TI", ti, {"contrast": "FLAIR", "repetition_time": FLAIR_TR_MS / 1e3,
-                                      "echo_time": FLAIR_TE_MS / 1e3, "inversion_time": ti / 1e3})
-                 for ti in FLAIR_SWEEP_TI_MS]
     out = []
-    for target, knob, value, meta in settings:
+    for target, knob, value, meta in sweep_settings():
         md = Metadata.from_dict(meta)
         img = rtfsyn.synthesize(c["t1_img"], target=target, metadata=md, model=model,
                                 source_contrast="T1w", mask=mask_img, device="cpu",
@@ -278,14 +288,14 @@ def sweep(c: dict[str, Any], model: Any, spacing: float | None) -> list[dict[str
         if pred.shape != csf.shape:
             raise SystemExit(f"sweep grid mismatch {pred.shape} vs {csf.shape}")
         row = {"target": target, "knob": knob, "ms": value,
-               "model_csf_wm": round(float(pred[csf].mean() / max(pred[wm].mean(), 1e-6)), 4),
+               "model_csf_wm": round(csf_wm(pred, csf, wm), 4),
                "expected_csf_wm_3T": round(expected_ratio(target, value), 4)}
         if prior is not None:
             # ratios against the signal equation: the prior's physical normalisation (zero
             # signal stays 0; the default 'matched' one pins CSF and WM, see physics_prior.py)
             pp = prior(t1_raw, mask, Metadata.from_dict({"contrast": "T1w"}), md,
                        normalise="physical")
-            row["prior_csf_wm"] = round(float(pp[csf].mean() / max(pp[wm].mean(), 1e-6)), 4)
+            row["prior_csf_wm"] = round(csf_wm(pp, csf, wm), 4)
         print(f"  sweep {target} {knob}={value} ms: model CSF/WM {row['model_csf_wm']:.3f} "
               f"(physics {row['expected_csf_wm_3T']:.3f})", flush=True)
         out.append(row)
@@ -297,15 +307,16 @@ def sweep(c: dict[str, Any], model: Any, spacing: float | None) -> list[dict[str
 SWEEP_FLAT = 0.10
 
 
-def sweep_verdict(rows: list[dict[str, Any]], key: str) -> dict[str, str]:
-    """Does ``key``'s ratio move like the physics, first → last setting, per target, by at
-    least :data:`SWEEP_FLAT` of its first value?"""
+def sweep_verdict(rows: list[dict[str, Any]], key: str,
+                  expected: str = "expected_csf_wm_3T") -> dict[str, str]:
+    """Does ``key``'s ratio move like ``expected``'s (default: the physics), first → last
+    setting, per target, by at least :data:`SWEEP_FLAT` of its first value?"""
     verdict = {}
     for target in ("T2w", "FLAIR"):
         r = [x for x in rows if x["target"] == target]
         if not r or key not in r[0]:
             continue
-        want = np.sign(r[-1]["expected_csf_wm_3T"] - r[0]["expected_csf_wm_3T"])
+        want = np.sign(r[-1][expected] - r[0][expected])
         got = r[-1][key] - r[0][key]
         if abs(got) < SWEEP_FLAT * abs(r[0][key]):
             verdict[target] = f"flat (< {SWEEP_FLAT:.0%} change)"

@@ -36,25 +36,14 @@ from typing import Any
 
 import numpy as np
 from _common import REPO, command_line, machine
-from real_scans import (
-    FLAIR_SWEEP_TI_MS,
-    FLAIR_TE_MS,
-    FLAIR_TR_MS,
-    SWEEP_FLAT,
-    T2_SWEEP_TE_MS,
-    T2_TR_MS,
-)
+from real_scans import csf_wm, sweep_settings, sweep_verdict
 
 SPACING = 2.0
 PURE = 0.9
 
 
-def settings() -> list[tuple[str, str, int, dict[str, float]]]:
-    """``(target, knob, ms, protocol changes in s)`` of the sweep."""
-    out = [("T2w", "TE", te, {"tr": T2_TR_MS / 1e3, "te": te / 1e3}) for te in T2_SWEEP_TE_MS]
-    out += [("FLAIR", "TI", ti, {"tr": FLAIR_TR_MS / 1e3, "te": FLAIR_TE_MS / 1e3,
-                                 "ti": ti / 1e3}) for ti in FLAIR_SWEEP_TI_MS]
-    return out
+#: request field → :class:`~rtfsyn.phantom.scanner.Protocol` field
+PROTOCOL_FIELDS = {"repetition_time": "tr", "echo_time": "te", "inversion_time": "ti"}
 
 
 def simulate_setting(anat: Any, session: Any, tissues: dict[str, Any], target: str,
@@ -69,10 +58,6 @@ def simulate_setting(anat: Any, session: Any, tissues: dict[str, Any], target: s
                   session.bias, session.noise, protocols)
     images = simulate_session(anat, one, tissues, np.random.default_rng(seed))
     return {"images": images, "session": one}
-
-
-def ratio(image: np.ndarray, csf: np.ndarray, wm: np.ndarray) -> float:
-    return float(image[csf].mean() / max(float(image[wm].mean()), 1e-6))
 
 
 def run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
@@ -103,7 +88,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
                 rng = np.random.default_rng([args.seed, k])
                 session = draw_session(rng, ("T1w", "T2w", "FLAIR"))
                 tissues = subject_tissues(session.field_strength, rng)
-                for target, knob, ms, change in settings():
+                for target, knob, ms, request in sweep_settings():
+                    change = {PROTOCOL_FIELDS[f]: v for f, v in request.items() if f != "contrast"}
                     sim = simulate_setting(anat, session, tissues, target, change,
                                            [args.seed, k, 1])
                     site = sim["session"].site()
@@ -114,15 +100,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
                     asks = {
                         "full": (Metadata.from_sidecar(cars["T1w"], "T1w"),
                                  Metadata.from_sidecar(cars[target], target)),
-                        "bare": (Metadata.from_dict({"contrast": "T1w"}), Metadata.from_dict(
-                            {"contrast": target, **{f: v for f, v in (
-                                ("repetition_time", change["tr"]), ("echo_time", change["te"]),
-                                ("inversion_time", change.get("ti"))) if v is not None}})),
+                        "bare": (Metadata.from_dict({"contrast": "T1w"}),
+                                 Metadata.from_dict(request)),
                     }
                     row = {"case": case.subject, "session": k,
                            "field": session.field_strength, "vendor": session.manufacturer,
                            "target": target, "knob": knob, "ms": ms,
-                           "truth_csf_wm": round(ratio(truth, csf, wm), 4)}
+                           "truth_csf_wm": round(csf_wm(truth, csf, wm), 4)}
                     for name, (src_meta, tgt_meta) in asks.items():
                         out = rtfsyn.synthesize(src_img, target=target, metadata=tgt_meta,
                                                 model=model, source_metadata=src_meta,
@@ -130,7 +114,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
                                                 device="cpu")
                         pred = robust_normalize(np.asarray(out.dataobj, np.float32),
                                                 anat.mask)[0]
-                        row[f"{name}_csf_wm"] = round(ratio(pred, csf, wm), 4)
+                        row[f"{name}_csf_wm"] = round(csf_wm(pred, csf, wm), 4)
                         row[f"{name}_psnr"] = round(float(psnr(pred, truth, anat.mask)), 3)
                     print(f"  {case.subject} s{k} {target} {knob} {ms} ms: truth "
                           f"{row['truth_csf_wm']:.3f}, full {row['full_csf_wm']:.3f}, "
@@ -144,25 +128,14 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
 
 def verdicts(rows: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     """Per way of asking and target: does the output's CSF / WM move like the truth's, first
-    → last setting, averaged over cases and sessions ("flat" below ``SWEEP_FLAT``)?"""
-    out: dict[str, dict[str, str]] = {}
-    for key in ("full", "bare"):
-        out[key] = {}
-        for target in ("T2w", "FLAIR"):
-            r = [x for x in rows if x["target"] == target]
-            first, last = min(x["ms"] for x in r), max(x["ms"] for x in r)
-
-            def mean(col: str, ms: int, r: list[dict[str, Any]] = r) -> float:
-                return float(np.mean([x[col] for x in r if x["ms"] == ms]))
-
-            a, b = mean(f"{key}_csf_wm", first), mean(f"{key}_csf_wm", last)
-            want = np.sign(mean("truth_csf_wm", last) - mean("truth_csf_wm", first))
-            if abs(b - a) < SWEEP_FLAT * abs(a):
-                out[key][target] = "flat"
-            else:
-                out[key][target] = ("physical direction" if np.sign(b - a) == want
-                                    else "not the physical direction")
-    return out
+    → last setting, averaged over cases and sessions (``real_scans.sweep_verdict``)?"""
+    cols = ("truth_csf_wm", "full_csf_wm", "bare_csf_wm")
+    keys = sorted({(r["target"], r["ms"]) for r in rows})
+    means = [{"target": t, "ms": ms, **{c: float(np.mean(
+        [r[c] for r in rows if (r["target"], r["ms"]) == (t, ms)])) for c in cols}}
+        for t, ms in keys]
+    return {key: sweep_verdict(means, f"{key}_csf_wm", expected="truth_csf_wm")
+            for key in ("full", "bare")}
 
 
 def table(result: dict[str, Any]) -> str:
